@@ -1,0 +1,7 @@
+"""torch modules of the MobileMamba family; ``build(spec)`` is the entry point."""
+
+from mmlab.model.checkpoint import load_checkpoint, save_official_checkpoint, to_official_state_dict
+from mmlab.model.layers import fuse
+from mmlab.model.net import MobileMamba, build
+
+__all__ = ["MobileMamba", "build", "fuse", "load_checkpoint", "save_official_checkpoint", "to_official_state_dict"]

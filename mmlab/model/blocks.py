@@ -1,0 +1,135 @@
+"""The multi-receptive-field mixer (global | local | identity) and the MobileMamba block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from mmlab.model.layers import FFN, ConvBN, Residual
+from mmlab.model.ssm import SS2D
+from mmlab.model.wavelet import dwt, idwt, wavelet_filters
+
+
+class ChannelScale(nn.Module):
+    """Learnable per-channel scale, weight of shape (1, C, 1, 1)."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1, channels, 1, 1), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class GlobalBranch(nn.Module):
+    """WTE-Mamba: ``base_scale ⊙ SS2D(x) + wavelet path(x)``.
+
+    The wavelet path decomposes x ``levels`` times (zero-padding odd sizes), filters the four
+    sub-bands of each level with a depthwise k×k conv and a per-channel scale (init 0.1), and
+    reconstructs from the coarsest level up. The fixed filters are frozen ``nn.Parameter``s
+    (``wt_filter``, ``iwt_filter``), as in the reference, so they are in the state dict and in
+    parameter counts.
+    """
+
+    def __init__(
+        self, dim: int, kernel: int, levels: int, wavelet: str,
+        d_inner: int, dt_rank: int, d_state: int, scan: str,
+    ) -> None:
+        super().__init__()
+        self.levels = levels
+        if levels > 0:
+            dec, rec = wavelet_filters(wavelet)  # (4, k, k) each
+            self.wt_filter = nn.Parameter(dec[:, None].repeat(dim, 1, 1, 1), requires_grad=False)  # (4C, 1, k, k)
+            self.iwt_filter = nn.Parameter(rec[:, None].repeat(dim, 1, 1, 1), requires_grad=False)
+        self.ssm = SS2D(dim, d_inner, dt_rank, d_state, scan)
+        self.base_scale = ChannelScale(dim, 1.0)
+        self.wavelet_convs = nn.ModuleList(
+            nn.Conv2d(4 * dim, 4 * dim, kernel, padding="same", groups=4 * dim, bias=False) for _ in range(levels)
+        )
+        self.wavelet_scale = nn.ModuleList(ChannelScale(4 * dim, 0.1) for _ in range(levels))
+
+    def wavelet_path(self, x: torch.Tensor) -> torch.Tensor:
+        lows, highs, sizes = [], [], []
+        ll = x
+        for conv, scale in zip(self.wavelet_convs, self.wavelet_scale):
+            h, w = ll.shape[-2:]
+            sizes.append((h, w))
+            if h % 2 or w % 2:
+                ll = F.pad(ll, (0, w % 2, 0, h % 2))
+            bands = dwt(ll, self.wt_filter)  # (B, C, 4, h/2, w/2)
+            ll = bands[:, :, 0]  # the unfiltered LL is decomposed again at the next level
+            b, c, _, bh, bw = bands.shape
+            filtered = scale(conv(bands.reshape(b, 4 * c, bh, bw))).reshape(b, c, 4, bh, bw)
+            lows.append(filtered[:, :, 0])
+            highs.append(filtered[:, :, 1:])
+        out = 0
+        for low, high, (h, w) in zip(reversed(lows), reversed(highs), reversed(sizes)):
+            bands = torch.cat([(low + out).unsqueeze(2), high], dim=2)  # (B, C, 4, h', w')
+            out = idwt(bands, self.iwt_filter)[:, :, :h, :w]
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_scale(self.ssm(x))
+        return y + self.wavelet_path(x) if self.levels else y
+
+
+class LocalBranch(nn.Module):
+    """MK-DeConv: DW k×k conv → BN → ReLU → per-channel 1x1 (groups = C) → BN."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.dwconv3x3 = nn.Conv2d(dim, dim, kernel, 1, kernel // 2, groups=dim, bias=False)
+        self.bn1 = nn.BatchNorm2d(dim)
+        self.relu = nn.ReLU()
+        self.dwconv1x1 = nn.Conv2d(dim, dim, 1, groups=dim, bias=False)
+        self.bn2 = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.dwconv1x1(self.relu(self.bn1(self.dwconv3x3(x)))))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Sequential:
+        from mmlab.model.layers import _conv_like, _fold_bn
+
+        first = _conv_like(self.dwconv3x3, *_fold_bn(self.dwconv3x3.weight, None, self.bn1))
+        second = _conv_like(self.dwconv1x1, *_fold_bn(self.dwconv1x1.weight, None, self.bn2))
+        return nn.Sequential(first, nn.ReLU(), second)
+
+
+class Mixer(nn.Module):
+    """MRFFI: split channels [global | local | identity], mix each, concat, ReLU, 1x1 Conv-BN (γ=0)."""
+
+    def __init__(self, dim: int, split: tuple[int, int, int], global_op: nn.Module, local_op: nn.Module) -> None:
+        super().__init__()
+        self.split = split
+        self.local_op = local_op  # registered before global_op: the authors' state-dict order
+        self.global_op = global_op
+        self.act = nn.ReLU()
+        self.proj = ConvBN(dim, dim, bn_weight_init=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xg, xl, xi = torch.split(x, self.split, dim=1)
+        x = torch.cat([self.global_op(xg), self.local_op(xl), xi], dim=1)
+        return self.proj(self.act(x))
+
+
+class Block(nn.Module):
+    """``x + DropPath(ffn1(dw1(mixer(ffn0(dw0(x))))))``, each of the five a residual.
+
+    Every inner branch is zero at initialisation, so a fresh block returns 2·x (the reference's
+    double identity), and a dropped sample returns x.
+    """
+
+    def __init__(self, dim: int, ffn_hidden: int, mixer: nn.Module, drop_path: float) -> None:
+        super().__init__()
+        self.dw0 = Residual(ConvBN(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=0.0))
+        self.ffn0 = Residual(FFN(dim, ffn_hidden))
+        self.mixer = Residual(mixer)
+        self.dw1 = Residual(ConvBN(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=0.0))
+        self.ffn1 = Residual(FFN(dim, ffn_hidden))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.ffn1(self.dw1(self.mixer(self.ffn0(self.dw0(x))))))

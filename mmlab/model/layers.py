@@ -1,0 +1,167 @@
+"""Plain building blocks: conv-BN, residual, FFN, squeeze-excite, patch merging, BN fusion.
+
+Modules that can be folded for deployment implement ``fuse() -> nn.Module``; :func:`fuse` walks a
+model and swaps each for its folded form.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a BN that *follows* a conv/linear into that layer's weight and bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (out,)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    fused_w = weight * scale.reshape(shape)
+    fused_b = bn.bias - bn.running_mean * scale
+    if bias is not None:
+        fused_b = fused_b + bias * scale
+    return fused_w, fused_b
+
+
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    out = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=True, device=weight.device, dtype=weight.dtype,
+    )
+    out.weight.data.copy_(weight)
+    out.bias.data.copy_(bias)
+    return out
+
+
+class ConvBN(nn.Sequential):
+    """Bias-free ``Conv2d`` followed by ``BatchNorm2d`` (children ``c`` and ``bn``)."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, padding: int = 0,
+        groups: int = 1, bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(out_ch))
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        return _conv_like(self.c, *_fold_bn(self.c.weight, None, self.bn))
+
+
+class BNLinear(nn.Sequential):
+    """``BatchNorm1d`` then ``Linear`` (children ``bn`` and ``fc``), the classifier head."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.add_module("bn", nn.BatchNorm1d(in_features))
+        self.add_module("fc", nn.Linear(in_features, out_features))
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        # BN precedes the linear here: fc(bn(x)) = W·(s·x + t) + b = (W·diag(s))·x + (W·t + b).
+        bn, fc = self.bn, self.fc
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        t = bn.bias - bn.running_mean * s
+        out = nn.Linear(fc.in_features, fc.out_features, device=fc.weight.device, dtype=fc.weight.dtype)
+        out.weight.data.copy_(fc.weight * s[None, :])
+        out.bias.data.copy_(fc.bias + fc.weight @ t)
+        return out
+
+
+class Residual(nn.Module):
+    """``x + m(x)`` (child ``m``)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.m(x)
+
+
+class FFN(nn.Module):
+    """1x1 Conv-BN → ReLU → 1x1 Conv-BN with a zero-initialised last BN (zero at init)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.pw1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU()
+        self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw2(self.act(self.pw1(x)))
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Nearest multiple of ``divisor`` (at least ``divisor``), never bumped up afterwards."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nn.Module):
+    """Global mean → 1x1 conv (bias) → ReLU → 1x1 conv (bias) → sigmoid gate."""
+
+    def __init__(self, channels: int, ratio: float = 0.25) -> None:
+        super().__init__()
+        reduced = make_divisible(channels * ratio, 8)
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(s))))
+
+
+class PatchMerging(nn.Module):
+    """Stride-2 inverted bottleneck with SE: 1x1 up to 4·in, DW 3x3/s2, SE, 1x1 down to out."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        hidden = 4 * in_ch
+        self.conv1 = ConvBN(in_ch, hidden)
+        self.act1 = nn.ReLU()
+        self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden)
+        self.act2 = nn.ReLU()
+        self.se = SqueezeExcite(hidden, 0.25)
+        self.conv3 = ConvBN(hidden, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.se(self.act2(self.conv2(self.act1(self.conv1(x))))))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dim of an NCHW tensor, at every pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # -> (B, C, H, W)
+
+
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Deploy form: fold every BatchNorm into its neighbouring conv / linear.
+
+    Args:
+        model: any module; sub-modules with a ``fuse()`` method are replaced by its result.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Returns:
+        The fused model, in eval mode. Outputs match the unfused model in eval mode.
+    """
+    model = model if inplace else copy.deepcopy(model)
+
+    def _swap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if hasattr(child, "fuse") and callable(child.fuse):
+                setattr(parent, name, child.fuse())
+            else:
+                _swap(child)
+
+    _swap(model)
+    return model.eval()

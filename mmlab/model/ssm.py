@@ -1,0 +1,128 @@
+"""The 2-D selective-state-space mixer (SS2D) of MobileMamba's global branch, channel-first."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlab.model.layers import ConvBN, LayerNorm2d
+from mmlab.model.scan import selective_scan_fast, selective_scan_ref
+
+DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
+
+
+class SelectiveScan(torch.autograd.Function):
+    """The fast scan as one autograd node.
+
+    Tracers (fvcore) see a single ``prim::PythonOp.SelectiveScan`` whose MACs a handle can
+    count, instead of hundreds of element-wise ops. The backward recomputes the forward with
+    autograd, so gradients are exactly those of :func:`selective_scan_fast`, and no
+    per-step intermediate is kept between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        return selective_scan_fast(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+        with torch.enable_grad():
+            y = selective_scan_fast(*inputs[:5], D=inputs[5], delta_bias=inputs[6], delta_softplus=True)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(y, wanted, grad_y, allow_unused=True)) if wanted else iter(())
+        return tuple(next(grads) if t.requires_grad else None for t in inputs)
+
+
+def scan_sequences(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Unfold a feature map into the scan's sequences.
+
+    Args:
+        x: (B, D, H, W).
+        mode: ``forward`` (row-major), ``bidi`` (row-major, then reversed) or ``cross``
+            (row-major, reversed, column-major, reversed).
+
+    Returns:
+        (B, K, D, L) with L = H·W.
+    """
+    rows = x.flatten(2)  # (B, D, H*W), row-major
+    if mode == "forward":
+        return rows[:, None]
+    if mode == "bidi":
+        return torch.stack([rows, rows.flip(-1)], dim=1)
+    cols = x.transpose(2, 3).flatten(2)  # (B, D, W*H), column-major
+    return torch.stack([rows, rows.flip(-1), cols, cols.flip(-1)], dim=1)
+
+
+def merge_sequences(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sum the K direction outputs back onto the (H, W) grid; inverse layout of :func:`scan_sequences`.
+
+    Args:
+        y: (B, K, D, L).
+
+    Returns:
+        (B, D, H, W).
+    """
+    b, k, d, _ = y.shape
+    out = y[:, 0]
+    if k >= 2:
+        out = out + y[:, 1].flip(-1)
+    if k == 4:
+        cols = y[:, 2] + y[:, 3].flip(-1)  # (B, D, W*H) column-major
+        out = out + cols.reshape(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
+    return out.reshape(b, d, h, w)
+
+
+class SS2D(nn.Module):
+    """Selective-scan mixer over a 2-D map (MobileMamba's ``v052d`` forward type).
+
+    ``in_proj`` (1x1 Conv-BN, dim → 2·d_inner) splits into x and a gate z; x goes through a
+    depthwise 3x3 conv (bias) and SiLU, is scanned along ``mode``'s directions with per-direction
+    Δ/B/C projections, merged, layer-normed, gated by SiLU(z) and projected back by ``out_proj``.
+    """
+
+    def __init__(self, dim: int, d_inner: int, dt_rank: int, d_state: int = 1, mode: str = "bidi") -> None:
+        super().__init__()
+        k = DIRECTIONS[mode]
+        self.mode, self.d_inner, self.dt_rank, self.d_state = mode, d_inner, dt_rank, d_state
+        # Registration order follows the authors' state dict.
+        # Per direction: one Linear d_inner -> (dt_rank + 2N), default Linear init, stacked.
+        x_proj = torch.empty(k, dt_rank + 2 * d_state, d_inner)
+        for i in range(k):
+            nn.init.kaiming_uniform_(x_proj[i], a=math.sqrt(5))
+        self.x_proj_weight = nn.Parameter(x_proj)
+        # "v2" initialisation: D = 1, A = -1 (A_logs = 0), small uniform Δ projections.
+        self.Ds = nn.Parameter(torch.ones(k * d_inner))
+        self.A_logs = nn.Parameter(torch.zeros(k * d_inner, d_state))
+        self.dt_projs_weight = nn.Parameter(0.1 * torch.rand(k, d_inner, dt_rank))
+        self.dt_projs_bias = nn.Parameter(0.1 * torch.rand(k, d_inner))
+        self.out_norm = LayerNorm2d(d_inner)
+        self.in_proj = ConvBN(dim, 2 * d_inner)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, 1, 1, groups=d_inner, bias=True)
+        self.out_proj = ConvBN(d_inner, dim)
+        self.scan_impl = "fast"  # "ref" runs the readable reference (tests, debugging)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        k, di, r, n, seq = self.x_proj_weight.shape[0], self.d_inner, self.dt_rank, self.d_state, h * w
+        x, z = self.in_proj(x).chunk(2, dim=1)  # (B, Di, H, W) each
+        z = F.silu(z)
+        x = F.silu(self.conv2d(x))
+        xs = scan_sequences(x, self.mode).reshape(b, k * di, seq)  # (B, K*Di, L)
+        # Grouped 1x1 conv1d = one projection per direction.
+        x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(-1, di, 1), groups=k)  # (B, K*(R+2N), L)
+        dts, bs, cs = x_dbl.reshape(b, k, r + 2 * n, seq).split([r, n, n], dim=2)
+        dts = F.conv1d(dts.reshape(b, k * r, seq), self.dt_projs_weight.reshape(k * di, r, 1), groups=k)
+        args = (xs, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float())
+        if self.scan_impl == "fast":
+            y = SelectiveScan.apply(*args)  # (B, K*Di, L), fp32
+        else:
+            y = selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)
+        y = y.to(x.dtype)
+        y = merge_sequences(y.reshape(b, k, di, seq), h, w)  # (B, Di, H, W)
+        y = self.out_norm(y) * z
+        return self.out_proj(y)

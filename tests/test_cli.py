@@ -1,0 +1,62 @@
+import json
+
+from typer.testing import CliRunner
+
+from mmlab.cli import app
+from mmlab.presets import PRESETS, get_preset
+
+runner = CliRunner()
+
+
+def test_presets_table():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:5] == ["name", "resolution", "params", "widths", "depths"]
+    t2 = next(line for line in lines if line.startswith("t2 "))
+    assert "8,836,890" in t2 and "144,272,368" in t2 and "1,2,2" in t2
+
+
+def test_presets_json():
+    result = runner.invoke(app, ["presets", "--json"])
+    rows = json.loads(result.output)
+    assert [r["name"] for r in rows] == list(PRESETS)
+    assert {r["name"]: r["params"] for r in rows}["b4"] == 17_122_849
+
+
+def test_show_preset_table():
+    result = runner.invoke(app, ["show", "s6"])
+    assert result.exit_code == 0, result.output
+    assert "params: 15,036,632" in result.output
+    # stage 2 of s6: width 384 at 7x7, split 272/76/36, d_inner 544, dt_rank 17
+    row = next(line.split() for line in result.output.splitlines() if line.split()[:2] == ["2", "384"])
+    assert row[4:10] == ["7", "272", "76", "36", "544", "17"]
+
+
+def test_show_json_and_spec_file(tmp_path):
+    path = tmp_path / "arch.toml"
+    path.write_text(get_preset("t4").to_toml())
+    result = runner.invoke(app, ["show", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["params"] == 14_176_090
+    assert data["key"] == get_preset("t4").key
+    assert [s["global_ch"] for s in data["splits"]] == [144, 256, 272]
+
+
+def test_show_unknown_preset():
+    result = runner.invoke(app, ["show", "t3"])
+    assert result.exit_code != 0
+    assert "unknown preset 't3'" in result.output
+    assert "t2" in result.output
+
+
+def test_show_bad_spec_file_names_the_field(tmp_path):
+    data = get_preset("t2").to_dict()
+    data["d_state"] = 0
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    result = runner.invoke(app, ["show", str(path)])
+    assert result.exit_code == 2
+    assert "d_state: 0 is not allowed" in result.output
+    assert len(result.output.strip().splitlines()) == 1
