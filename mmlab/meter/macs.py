@@ -83,7 +83,9 @@ class Counts:
 
 def count_model(model: torch.nn.Module, resolution: int, in_chans: int = 3) -> Counts:
     """Count a built model (any module taking a (1, in_chans, R, R) image)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore's import touches torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,3 @@
+from mmlab.cli import app
+
+app(prog_name="mmlab")
