@@ -20,19 +20,23 @@ class SelectiveScan(torch.autograd.Function):
     Tracers (fvcore) see a single ``prim::PythonOp.SelectiveScan`` whose MACs a handle can
     count, instead of hundreds of element-wise ops. The backward recomputes the forward with
     autograd, so gradients are exactly those of :func:`selective_scan_fast`, and no
-    per-step intermediate is kept between forward and backward.
+    per-step intermediate is kept between forward and backward. It computes in
+    ``promote_types(u.dtype, float32)``: float32 for half / bfloat16 / float32 inputs, float64
+    for float64 inputs (float64 analyses such as SynFlow).
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        return selective_scan_fast(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        return selective_scan_fast(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True, dtype=dtype)
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
         with torch.enable_grad():
-            y = selective_scan_fast(*inputs[:5], D=inputs[5], delta_bias=inputs[6], delta_softplus=True)
+            dtype = torch.promote_types(inputs[0].dtype, torch.float32)
+            y = selective_scan_fast(*inputs[:5], D=inputs[5], delta_bias=inputs[6], delta_softplus=True, dtype=dtype)
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad_y, allow_unused=True)) if wanted else iter(())
         return tuple(next(grads) if t.requires_grad else None for t in inputs)
@@ -117,11 +121,13 @@ class SS2D(nn.Module):
         x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(-1, di, 1), groups=k)  # (B, K*(R+2N), L)
         dts, bs, cs = x_dbl.reshape(b, k, r + 2 * n, seq).split([r, n, n], dim=2)
         dts = F.conv1d(dts.reshape(b, k * r, seq), self.dt_projs_weight.reshape(k * di, r, 1), groups=k)
-        args = (xs, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float())
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 for fp16 / bf16 / fp32, fp64 kept
+        A, D, dt_bias = -torch.exp(self.A_logs.to(dtype)), self.Ds.to(dtype), self.dt_projs_bias.reshape(-1).to(dtype)
+        args = (xs, dts, A, bs, cs, D, dt_bias)
         if self.scan_impl == "fast":
-            y = SelectiveScan.apply(*args)  # (B, K*Di, L), fp32
+            y = SelectiveScan.apply(*args)  # (B, K*Di, L), in dtype
         else:
-            y = selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)
+            y = selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
         y = y.to(x.dtype)
         y = merge_sequences(y.reshape(b, k, di, seq), h, w)  # (B, Di, H, W)
         y = self.out_norm(y) * z
