@@ -163,5 +163,300 @@ def measure(
                "MACs: 1 multiply-add = 1; latency: median ms (p10, p90) of the fused model")
 
 
+SIGNAL_HELP = "synflow, naswot, grad_norm, snip, zico (zero-cost proxies), params, macs (baselines) or train (short training)."
+
+
+@app.command()
+def score(
+    spec: SpecArg,
+    signal: Annotated[str, typer.Option(help=SIGNAL_HELP)] = "synflow",
+    data: Annotated[str, typer.Option(help="digits (embedded, default), synthetic, or imagefolder:PATH.")] = "digits",
+    seed: Annotated[int, typer.Option(help="Seeds the data split, the network and the batches.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Training epochs for --signal train.")] = 3,
+    device: Annotated[Device, typer.Option(help="Where data-driven signals run.")] = Device.cpu,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute one accuracy signal of an architecture (adapted to the data: classes, channels, 64 px).
+
+    Examples: `mmlab score t2 --signal naswot`, `mmlab score arch.toml --signal train --data digits --json`.
+    """
+    import time
+
+    from mmlab.proxies import Signal
+    from mmlab.proxies import score as compute
+
+    arch = resolve_spec(spec)
+    if signal not in {s.value for s in Signal}:
+        fail(f"signal: {signal!r} is not allowed; choose among {', '.join(s.value for s in Signal)}")
+    started = time.perf_counter()
+    try:
+        value = compute(arch, signal, data=data, seed=seed, epochs=epochs, device=device.value)
+    except ValueError as err:
+        fail(str(err))
+    seconds = time.perf_counter() - started
+    if as_json:
+        typer.echo(json.dumps({"spec": spec, "key": arch.key, "signal": signal, "data": data, "seed": seed,
+                               "value": value, "seconds": seconds}))
+    else:
+        typer.echo(f"{spec} {signal} = {value:.6g}   (data {data}, seed {seed}, {seconds:.1f} s)")
+
+
+@app.command("proxy-check")
+def proxy_check_cmd(
+    data: Annotated[str, typer.Option(help="digits (embedded), synthetic, or imagefolder:PATH.")] = "digits",
+    n: Annotated[int, typer.Option(help="Architectures to sample from the space.")] = 20,
+    epochs: Annotated[int, typer.Option(help="Short-training epochs per architecture.")] = 3,
+    space: Annotated[Optional[Path], typer.Option(help="Search-space file (default studies/default.toml).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample, the proxies and the training.")] = 0,
+    results_dir: Annotated[Path, typer.Option(help="Parent folder of the outputs.")] = Path("results"),
+) -> None:
+    """Which signal to trust on your data: every proxy vs short-training accuracy, rank correlations.
+
+    Samples N architectures, computes every zero-cost proxy and the params / MACs baselines, trains
+    each for --epochs, and writes results/proxy_check_<data>/ (correlations.md, rows.csv, one
+    scatter plot per signal, report.md). Re-running resumes. Example: `mmlab proxy-check --data digits --n 20`.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from mmlab.proxy_check import proxy_check
+
+    bar = tqdm(total=n, desc="proxy-check", unit="arch", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(i: int, total: int, key: str) -> None:
+        bar.total, bar.n = total, i
+        bar.set_postfix_str(key, refresh=True)
+
+    try:
+        folder = proxy_check(data, n, epochs=epochs, space=space, seed=seed, results_dir=results_dir, progress=progress)
+    except ValueError as err:
+        bar.close()
+        fail(str(err))
+    bar.close()
+    typer.echo((folder / "correlations.md").read_text())
+    typer.echo(f"report: {folder / 'report.md'}")
+
+
+class Sampler(str, Enum):
+    auto = "auto"
+    tpe = "tpe"
+    nsga2 = "nsga2"
+    gp = "gp"
+    random = "random"
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  mmlab search --budget-mflops 300\n\n"
+    "  mmlab search --study fast --budget-mflops 300 --budget-ms 25 --trials 100 --workers 2\n\n"
+    "  mmlab search --objectives signal,macs --signal naswot --data digits --sampler nsga2\n\n"
+    "  mmlab search --space studies/tiny.toml --storage sqlite:////tmp/s.db --study tiny\n\n"
+    "Run the same command again to resume; Ctrl-C keeps every finished trial."
+))
+def search(
+    budget_mflops: Annotated[Optional[float], typer.Option(help="MAC budget in millions (complete count): feasible when macs <= budget.")] = None,
+    budget_ms: Annotated[Optional[float], typer.Option(help="Latency budget in ms on --device: feasible when latency <= budget.")] = None,
+    study: Annotated[str, typer.Option(help="Study name; outputs go to results/<study>/.")] = "default",
+    trials: Annotated[int, typer.Option(help="Total finished trials wanted (a resumed study continues up to it).")] = 50,
+    objectives: Annotated[str, typer.Option(help="Comma-separated, among signal (max), latency, macs, params (min).")] = "signal,latency",
+    signal: Annotated[str, typer.Option(help="Accuracy signal: synflow, naswot, grad_norm, snip, zico, params, macs, train.")] = "synflow",
+    data: Annotated[str, typer.Option(help="Data for the signal: synthetic, digits or imagefolder:PATH.")] = "synthetic",
+    sampler: Annotated[Sampler, typer.Option(help="auto = TPE up to 300 trials, NSGA-II beyond.")] = Sampler.auto,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and of the signal.")] = 0,
+    space: Annotated[Optional[Path], typer.Option(help="Search-space file (default studies/default.toml).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH); default SQLite in results/<study>/.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes working on the study together (timings never overlap).")] = 1,
+    device: Annotated[Device, typer.Option(help="Where latency is measured.")] = Device.cpu,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores).")] = None,
+    timing_s: Annotated[float, typer.Option(help="CPU timing cap per candidate, seconds.")] = 2.0,
+    results_dir: Annotated[Path, typer.Option(help="Parent folder of study outputs.")] = Path("results"),
+    worker_json: Annotated[Optional[str], typer.Option(hidden=True)] = None,
+) -> None:
+    """Multi-objective architecture search under MAC and latency budgets (Optuna), with a Pareto report.
+
+    Each trial: suggest an architecture from the space, count its MACs (over the MAC budget:
+    infeasible, never timed or scored), time it (deploy form), score its accuracy signal. The
+    paper presets that fit are tried first. Outputs, regenerated by `mmlab report`:
+    results/<study>/trials.csv, pareto.csv, pareto.png, report.md, report.html.
+    """
+    from dataclasses import asdict
+
+    from mmlab.search import SearchConfig, run_worker
+
+    if worker_json is not None:  # a worker started by --workers: no queueing, no report
+        config = SearchConfig(**{k: tuple(v) if k == "objectives" else v for k, v in json.loads(worker_json).items()})
+        run_worker(config)
+        return
+    config = SearchConfig(
+        study=study, trials=trials, budget_mflops=budget_mflops, budget_ms=budget_ms,
+        objectives=tuple(o.strip() for o in objectives.split(",") if o.strip()), signal=signal, data=data,
+        sampler=sampler.value, seed=seed, space=str(space) if space else SearchConfig.space, storage=storage,
+        device=device.value, threads=threads, timing_s=timing_s, results_dir=str(results_dir),
+    )
+    if workers < 1:
+        fail(f"workers: {workers} is not allowed; must be >= 1")
+    run_search(config, workers)
+
+
+def run_search(config, workers: int) -> None:
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from mmlab.report import write_search_report
+    from mmlab.search import finished, front_size, prepare, spawn_workers, run_worker
+
+    try:
+        study, space, _ = prepare(config)
+    except ValueError as err:
+        fail(str(err))
+    study.set_user_attr("command", config.resume_command())
+    directions = [d.name.lower() for d in study.directions]
+    started = time.perf_counter()
+    done_before = len(finished(study))
+    bar = tqdm(total=config.trials, initial=done_before, desc=f"search {config.study}", unit="trial",
+               file=sys.stderr, dynamic_ncols=True)
+
+    def progress(s) -> None:
+        trials = finished(s)
+        feasible, front = front_size(trials, directions)
+        bar.n = min(len(trials), config.trials)
+        bar.set_postfix(feasible=feasible, front=front, refresh=False)
+        bar.refresh()
+
+    procs = spawn_workers(config, workers - 1) if workers > 1 else []
+    interrupted = False
+    try:
+        run_worker(config, progress)
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        for proc in procs:
+            proc.terminate()
+    finally:
+        bar.close()
+    paths = write_search_report(config.folder, command=config.resume_command())
+    trials = finished(study)
+    feasible, front = front_size(trials, directions)
+    elapsed = time.perf_counter() - started
+    typer.echo(f"{len(trials)} finished trials ({len(trials) - done_before} new, {elapsed:.0f} s), "
+               f"{feasible} feasible, Pareto front of {front}: {paths['report.md']}")
+    if interrupted:
+        typer.echo(f"interrupted: the running trial is marked failed, finished ones are kept; resume with:\n  "
+                   f"{config.resume_command()}")
+        raise typer.Exit(130)
+
+
+@app.command()
+def ablations() -> None:
+    """List the named ablations (pure spec edits usable in grid files), one line each."""
+    from mmlab.ablate import ABLATIONS
+
+    width = max(map(len, ABLATIONS))
+    for name, ab in ABLATIONS.items():
+        typer.echo(f"{name:<{width}}  {'(value)' if ab.takes_value else '       '}  {ab.description}")
+
+
+@app.command()
+def ablate(
+    grid: Annotated[Path, typer.Argument(help="A grid file, e.g. studies/paper_ablations.toml.")],
+    device: Annotated[Device, typer.Option(help="Where latency is measured.")] = Device.cpu,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores).")] = None,
+    timing_s: Annotated[float, typer.Option(help="CPU timing cap per variant, seconds.")] = 3.0,
+    results_dir: Annotated[Path, typer.Option(help="Parent folder of grid outputs.")] = Path("results"),
+) -> None:
+    """Measure every variant of an ablation grid and write paper-style tables and plots.
+
+    Duplicated variants are measured once; finished variants are kept in results/<grid>/rows.jsonl,
+    so re-running after an interruption continues where it stopped. Outputs: table.csv, table.md,
+    bar_<metric>.png, scatter.png, report.md, report.html (rebuilt by `mmlab report results/<grid>`).
+
+    Example: `mmlab ablate studies/paper_ablations.toml`; `mmlab ablations` lists the edits.
+    """
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from mmlab.ablation_run import GridSettings, run_grid
+
+    if device is Device.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("device: 'cuda' is not available on this machine; use --device cpu")
+    bar = tqdm(total=None, desc="ablate", unit="variant", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(i: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.n = i
+        bar.set_postfix_str(label, refresh=True)
+
+    started = time.perf_counter()
+    try:
+        folder = run_grid(grid, results_dir=results_dir, progress=progress,
+                          settings=GridSettings(device=device.value, threads=threads, timing_s=timing_s))
+    except ValueError as err:
+        bar.close()
+        fail(str(err))
+    except KeyboardInterrupt:
+        bar.close()
+        typer.echo(f"interrupted: finished variants are kept; resume with: mmlab ablate {grid}")
+        raise typer.Exit(130)
+    bar.close()
+    typer.echo(f"{time.perf_counter() - started:.0f} s; tables and plots in {folder}/ (report: {folder / 'report.md'})")
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A results folder: results/<study> (search) or results/<grid> (ablation).")],
+) -> None:
+    """Regenerate the tables, plots and reports of a search or an ablation grid from what is stored."""
+    from mmlab.report import write_search_report
+
+    if (folder / "study.json").is_file():
+        paths = write_search_report(folder)
+    elif (folder / "grid.json").is_file():
+        from mmlab.ablation_run import write_grid_report
+
+        paths = write_grid_report(folder)
+    else:
+        fail(f"{folder}: no study.json or grid.json here; give a folder written by `mmlab search` or `mmlab ablate`")
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="A search's results folder, results/<study>.")],
+    trial: Annotated[int, typer.Option(help="Trial number (see trials.csv / report.md).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the spec (.toml or .json).")] = Path("arch.toml"),
+) -> None:
+    """Write one trial's architecture as a spec file for `mmlab show`, `mmlab measure` and `mmlab.build`."""
+    from mmlab.arch import ArchSpec
+    from mmlab.report import load_search
+
+    if not (folder / "study.json").is_file():
+        fail(f"{folder}: no study.json here; give a folder written by `mmlab search`")
+    study, _ = load_search(folder)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if trial not in trials or "spec_json" not in trials[trial].user_attrs:
+        fail(f"trial: {trial} is not in study {study.study_name!r} (trials 0..{max(trials) if trials else -1} with a spec)")
+    t = trials[trial]
+    spec = ArchSpec.from_json(t.user_attrs["spec_json"])
+    metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if output.suffix.lower() == ".json":
+        output.write_text(spec.to_json(indent=2) + "\n")
+    else:
+        import tomli_w
+
+        provenance = {"study": study.study_name, "trial": trial, "folder": str(folder), **metrics}
+        output.write_text(f"# exported by mmlab export {folder} --trial {trial}\n"
+                          + tomli_w.dumps({"provenance": provenance, "arch": spec.to_dict()}))
+    typer.echo(f"wrote {output} (spec {spec.key}); try: mmlab show {output}")
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()

@@ -19,7 +19,7 @@ from mmlab.meter.env import environment
 from mmlab.meter.latency import Timing, cuda_graph, time_cpu, time_cuda
 from mmlab.meter.macs import Counts, count, count_model
 
-__all__ = ["Counts", "MeasurementCache", "Timing", "count", "count_model", "counts_row", "measure", "DEVICES", "DTYPES"]
+__all__ = ["Counts", "MeasurementCache", "Timing", "cached_counts", "cached_timing", "count", "count_model", "counts_row", "measure", "DEVICES", "DTYPES"]
 
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -102,6 +102,20 @@ def _time_cuda(model: torch.nn.Module, spec: ArchSpec, batch: int, dtype: torch.
     return row
 
 
+def _timing_key(spec: ArchSpec, device: str, batch: int, threads: int, dtype: str) -> tuple[dict[str, Any], str]:
+    env = environment(device, threads if device == "cpu" else 0, dtype, batch, spec.resolution,
+                      "eager" if device == "cpu" else "best_of_eager_and_cuda_graph")
+    return env, cache_key({"kind": "timing", "spec": spec.key, "protocol": TIMING_PROTOCOL, **env})
+
+
+def cached_timing(spec: ArchSpec, cache: MeasurementCache, *, device: str = "cpu", batch: int | None = None,
+                  threads: int | None = None, dtype: str = "float32") -> dict[str, Any] | None:
+    """A timing already in the cache for these settings, or None; never measures."""
+    batch = batch or (256 if device == "cuda" else 1)
+    threads = threads or (os.cpu_count() or 1)
+    return cache.get(_timing_key(spec, device, batch, threads, dtype)[1])
+
+
 def measure(
     spec: ArchSpec,
     *,
@@ -147,9 +161,7 @@ def measure(
         row.update(cached_counts(spec, cache if use_cache else None))
         return row
 
-    env = environment(device, threads if device == "cpu" else 0, dtype, batch, spec.resolution,
-                      "eager" if device == "cpu" else "best_of_eager_and_cuda_graph")
-    key = cache_key({"kind": "timing", "spec": spec.key, "protocol": TIMING_PROTOCOL, **env})
+    env, key = _timing_key(spec, device, batch, threads, dtype)
     if use_cache and (hit := cache.get(key)) is not None:
         row.update(hit)
         row["measure_s"] = 0.0

@@ -1,0 +1,199 @@
+"""Run an ablation grid and write its paper-style tables, plots and reports.
+
+Every distinct variant is measured once (the measurement cache makes a repeat free), each result
+is appended to ``results/<grid>/rows.jsonl`` as soon as it exists, and a re-run skips what is
+there, so an interrupted run resumes where it stopped. ``mmlab report results/<grid>`` rebuilds
+every table and figure from rows.jsonl alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from mmlab.ablate import BASE, Grid, expand, load_grid
+from mmlab.meter import MeasurementCache, cached_counts, measure
+
+METRICS = {  # measure item -> (column, unit label, higher is better)
+    "params": ("params", "parameters", False),
+    "macs": ("macs", "MACs (complete)", False),
+    "macs_paper": ("macs_paper", "MACs (paper convention)", False),
+    "latency": ("latency_ms", "CPU latency (ms)", False),
+    "throughput": ("throughput_ips", "throughput (img/s)", True),
+    "signal": ("signal", "signal", True),
+}
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """How a grid is measured on this machine (stored in grid.json)."""
+
+    device: str = "cpu"
+    threads: int | None = None
+    timing_s: float = 3.0
+
+
+def variant_rows(grid: Grid) -> list[dict[str, Any]]:
+    """The work list: one entry per (distinct variant, seed), in expansion order."""
+    expansion = expand(grid)  # raises on impossible combinations, before anything runs
+    return [{"variant": v, "seed": seed} for v in expansion.variants for seed in grid.seeds]
+
+
+def _measure_one(grid: Grid, variant, seed: int, settings: GridSettings, cache: MeasurementCache) -> dict[str, Any]:
+    from mmlab.search import SearchConfig, cached_score
+
+    spec = variant.spec
+    row: dict[str, Any] = {"label": variant.label, "seed": seed, **spec.to_row(), **cached_counts(spec, cache)}
+    if "latency" in grid.measure or "throughput" in grid.measure:
+        timed = measure(spec, device=settings.device, threads=settings.threads, cache=cache, max_time_s=settings.timing_s)
+        row.update({k: v for k, v in timed.items() if k.startswith(("latency", "throughput", "env_"))})
+    if "signal" in grid.measure:
+        cfg = SearchConfig(signal=grid.signal, data=grid.data, seed=seed)
+        row["signal"] = cached_score(spec, cfg, cache)
+    return row
+
+
+def run_grid(
+    path: str | Path,
+    *,
+    results_dir: str | Path = "results",
+    settings: GridSettings = GridSettings(),
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Path:
+    """Expand, measure what is missing, and write the reports. Returns the grid's folder."""
+    grid = load_grid(path)
+    work = variant_rows(grid)
+    folder = Path(results_dir) / grid.name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, folder / "grid.toml")
+    (folder / "grid.json").write_text(json.dumps({"kind": "grid", "grid": str(path), "settings": settings.__dict__}, indent=2))
+    rows_path = folder / "rows.jsonl"
+    done = {(r["spec_key"], r["seed"]) for r in _read_rows(rows_path)}
+    cache = MeasurementCache()
+    for i, item in enumerate(work):
+        variant, seed = item["variant"], item["seed"]
+        if progress is not None:
+            progress(i, len(work), variant.label)
+        if (variant.spec.key, seed) in done:
+            continue
+        row = _measure_one(grid, variant, seed, settings, cache)
+        with rows_path.open("a") as fh:  # one line per finished variant: an interruption loses only the current one
+            fh.write(json.dumps(row) + "\n")
+    if progress is not None:
+        progress(len(work), len(work), "done")
+    write_grid_report(folder)
+    return folder
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by an interruption
+            continue
+    return rows
+
+
+def grid_table(grid: Grid, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per factor level (levels equal to another variant repeat its numbers, marked
+    ``same_as``), seeds averaged, with each metric's change against the base (absolute and %)."""
+    measured = pd.DataFrame(rows)
+    metric_cols = [METRICS[m][0] for m in grid.measure if METRICS[m][0] in measured]
+    by_key = measured.groupby("spec_key")[metric_cols].mean() if not measured.empty else pd.DataFrame()
+    base_key = grid.base.key
+    table_rows = []
+    for variant in expand(grid).variants:
+        entries = [(variant.label, variant.factors, "")] + [
+            (label, factors, variant.label) for label, factors in zip(variant.aliases, variant.alias_factors)
+        ]
+        for label, factors, same_as in entries:
+            row: dict[str, Any] = {"label": label}
+            row.update({f"factor.{name}": _level(level) for name, level in factors.items()})
+            row["same_as"] = same_as
+            row["spec_key"] = variant.spec.key
+            if variant.spec.key in by_key.index:
+                row.update(by_key.loc[variant.spec.key].to_dict())
+            table_rows.append(row)
+    table = pd.DataFrame(table_rows)
+    if base_key in by_key.index:
+        base = by_key.loc[base_key]
+        for col in metric_cols:
+            table[f"{col}_delta"] = table[col] - base[col]
+            table[f"{col}_delta_pct"] = 100.0 * (table[col] - base[col]) / base[col] if base[col] else math.nan
+    return table
+
+
+def _level(level: Any) -> str:
+    return ",".join(map(str, level)) if isinstance(level, (tuple, list)) else str(level)
+
+
+def write_grid_report(folder: str | Path) -> dict[str, Path]:
+    """(Re)write table.csv, table.md, per-metric bar charts, the speed–signal scatter and the reports."""
+    from mmlab.plot import draw_grid_bars, draw_grid_scatter
+    from mmlab.report import markdown_table, write_html
+
+    folder = Path(folder)
+    grid = load_grid(folder / "grid.toml")
+    meta = json.loads((folder / "grid.json").read_text())
+    rows = _read_rows(folder / "rows.jsonl")
+    table = grid_table(grid, rows)
+    paths: dict[str, Path] = {"table.csv": folder / "table.csv", "table.md": folder / "table.md"}
+    table.to_csv(paths["table.csv"], index=False)
+
+    metric_cols = [METRICS[m][0] for m in grid.measure if METRICS[m][0] in table]
+    factor_cols = [c for c in table if c.startswith("factor.")]
+    shown_cols = ["label"] + factor_cols + ["same_as"]
+    for col in metric_cols:
+        shown_cols += [col, f"{col}_delta", f"{col}_delta_pct"] if f"{col}_delta" in table else [col]
+    shown = table.rename(columns={c: c.split(".", 1)[1] for c in factor_cols})
+    columns = [c.split(".", 1)[1] if c.startswith("factor.") else c for c in shown_cols]
+    paths["table.md"].write_text(f"# {grid.name}: ablation table\n\n" + markdown_table(shown, columns) + "\n")
+
+    for m in grid.measure:
+        col, unit, _ = METRICS[m]
+        if col in table:
+            paths[f"bar_{col}.png"] = folder / f"bar_{col}.png"
+            draw_grid_bars(table, col, unit, paths[f"bar_{col}.png"])
+    speed = next((METRICS[m][0] for m in ("latency", "throughput") if m in grid.measure), None)
+    if speed and "signal" in table:
+        paths["scatter.png"] = folder / "scatter.png"
+        draw_grid_scatter(table, speed, METRICS["latency" if speed == "latency_ms" else "throughput"][1],
+                          f"signal ({grid.signal})", paths["scatter.png"])
+
+    env = next((r for r in rows if "env_hardware" in r), {})
+    lines = [
+        f"# Ablation grid `{grid.name}`",
+        "",
+        f"- base: `{grid.base_source}` (spec {grid.base.key}); mode: {grid.mode}; seeds: {list(grid.seeds)}",
+        f"- measured: {', '.join(grid.measure)}" + (f"; signal `{grid.signal}` on `{grid.data}`" if grid.signal else ""),
+        f"- factors: " + "; ".join(f"{f.name} ({f.ablation or f.field}): {', '.join(_level(v) for v in f.levels)}"
+                                  for f in grid.factors),
+        f"- variants: {len(table)} factor levels, {table['spec_key'].nunique()} distinct networks, "
+        f"{len({r['spec_key'] for r in rows})} measured",
+        f"- machine: {env.get('env_hardware', '-')}, {env.get('env_threads', '-')} threads, torch {env.get('env_torch', '-')}"
+        f" (settings {meta.get('settings')})",
+        "- MACs: one multiply-add = 1; `macs` is complete, `macs_paper` leaves out the wavelet sub-band convs; "
+        "latency is the fused model's batch-1 median; `_delta` columns are against the base.",
+        "",
+        "## Table",
+        "",
+        markdown_table(shown, columns),
+        "",
+    ]
+    for name in paths:
+        if name.endswith(".png"):
+            lines += [f"![{name}]({name})", ""]
+    paths["report.md"] = folder / "report.md"
+    paths["report.md"].write_text("\n".join(lines))
+    paths["report.html"] = folder / "report.html"
+    write_html(paths["report.md"], paths["report.html"])
+    return paths
