@@ -338,7 +338,7 @@ def run_search(config, workers: int) -> None:
             proc.terminate()
     finally:
         bar.close()
-    paths = write_search_report(config.folder, command=config.resume_command())
+    paths = write_search_report(config.folder, command=config.resume_command(), measure_presets=not interrupted)
     trials = finished(study)
     feasible, front = front_size(trials, directions)
     elapsed = time.perf_counter() - started

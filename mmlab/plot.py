@@ -11,31 +11,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def draw_pareto(frame: pd.DataFrame, front: pd.DataFrame, presets: pd.DataFrame, path: Path | str, signal: str = "signal") -> None:
+def draw_pareto(
+    frame: pd.DataFrame, front: pd.DataFrame, presets: pd.DataFrame, path: Path | str, signal: str = "signal",
+    objectives: tuple[str, ...] = ("signal", "latency"), budgets: dict[str, float] | None = None,
+) -> None:
     """Two panels: signal vs latency and signal vs MACs.
 
-    Feasible trials in colour, infeasible ones as grey ticks on the x axis (they were never
-    scored), the Pareto front as a line, the paper presets as labelled black stars.
+    Feasible trials in colour, infeasible ones as grey ticks under the data (they were never
+    scored), the Pareto front in red (joined by a line in the panel of the objectives it is a
+    front of), budgets as dashed lines, the paper presets as labelled black stars; presets far
+    outside the trials' range are named in the corner instead of stretching the axes.
     """
+    budgets = budgets or {}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     done = frame[frame["state"] == "COMPLETE"] if not frame.empty else frame
-    for ax, (x, label) in zip(axes, (("latency_ms", "latency (ms)"), ("macs", "MACs (M, complete count)"))):
-        scale = 1e-6 if x == "macs" else 1.0
-        if not done.empty and x in done and "signal" in done:
+    good = done[done["feasible"]] if not done.empty else done
+    levels = good["signal"].dropna() if "signal" in good else pd.Series(dtype=float)
+    low = levels.min() - 0.05 * (levels.max() - levels.min() or 1.0) if not levels.empty else 0.0
+    panels = (("latency_ms", "latency (ms)", "latency", 1.0), ("macs", "MACs (M, complete count)", "macs", 1e-6))
+    for ax, (x, label, objective, scale) in zip(axes, panels):
+        if not done.empty and x in done:
             bad = done[~done["feasible"]].dropna(subset=[x])
-            good = done[done["feasible"]].dropna(subset=[x, "signal"])
-            # Infeasible trials are not scored: a grey tick at the bottom marks where they fell.
-            ax.scatter(bad[x] * scale, [0.02] * len(bad), transform=ax.get_xaxis_transform(), marker="|",
-                       c="grey", s=60, label="infeasible (not scored)")
-            ax.scatter(good[x] * scale, good["signal"], c="tab:blue", s=18, label="feasible")
-            if not front.empty and x in front:
-                line = front.dropna(subset=[x, "signal"]).sort_values(x)
-                ax.plot(line[x] * scale, line["signal"], "-o", c="tab:red", ms=5, label="Pareto front")
+            ax.plot(bad[x] * scale, [low] * len(bad), "|", c="grey", ms=12, label="infeasible (not scored)")
+            if "signal" in good:
+                pts = good.dropna(subset=[x, "signal"])
+                ax.scatter(pts[x] * scale, pts["signal"], c="tab:blue", s=18, label="feasible")
+        if not front.empty and x in front and "signal" in front:
+            line = front.dropna(subset=[x, "signal"]).sort_values(x)
+            style = "-o" if {objective, "signal"} <= set(objectives) else "o"
+            ax.plot(line[x] * scale, line["signal"], style, c="tab:red", ms=5, label="Pareto front")
+        budget = budgets.get(objective)
+        if budget is not None:
+            ax.axvline(budget, ls="--", c="grey", lw=1, label="budget")
         if not presets.empty and x in presets:
             pts = presets.dropna(subset=[x, "signal"])
-            ax.scatter(pts[x] * scale, pts["signal"], marker="*", c="black", s=90, label="paper presets")
-            for _, row in pts.iterrows():
+            span = (done[x] * scale).max() if not done.empty and x in done else None
+            inside = pts[pts[x] * scale <= 1.5 * span] if span == span and span else pts
+            ax.scatter(inside[x] * scale, inside["signal"], marker="*", c="black", s=90, label="paper presets")
+            for _, row in inside.iterrows():
                 ax.annotate(row["preset"], (row[x] * scale, row["signal"]), textcoords="offset points", xytext=(5, 4))
+            outside = sorted(set(pts["preset"]) - set(inside["preset"]))
+            if outside:
+                ax.text(0.99, 0.01, "off the axis: " + ", ".join(outside), transform=ax.transAxes, ha="right",
+                        va="bottom", fontsize=8, color="dimgrey")
         ax.set_xlabel(label)
         ax.set_ylabel(signal)
         ax.grid(alpha=0.3)

@@ -34,6 +34,7 @@ are computed whatever γ is) see the blocks.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -573,6 +574,14 @@ def train(
 # ---- one entry point ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _dataset(source: str, resolution: int, seed: int):
+    """Datasets are deterministic in (source, resolution, seed): load each once per process."""
+    from mmlab.data import load_dataset
+
+    return load_dataset(source, resolution, seed=seed)
+
+
 def score(
     spec: ArchSpec,
     signal: Signal | str,
@@ -586,14 +595,15 @@ def score(
 ) -> float:
     """The accuracy signal ``signal`` of ``spec``: the one entry point of the CLI and the search.
 
-    ``params`` and ``macs`` need no data: all parameters of ``spec`` as given (frozen wavelet
-    filters included), and the complete MAC count of ``mmlab.meter.count`` at ``resolution`` (None:
-    the spec's own). Every other signal loads ``data`` with :func:`mmlab.data.load_dataset` at
+    ``params``, ``macs`` and ``synflow`` need no data and see the network as specified, at
+    ``resolution`` (None: the spec's own), so a higher input resolution counts for them: all
+    parameters (frozen wavelet filters included), the complete MAC count of
+    ``mmlab.meter.count``, and SynFlow on an all-ones image. Every other signal loads ``data`` with :func:`mmlab.data.load_dataset` at
     ``resolution`` (None: :data:`DEFAULT_RESOLUTION`) and adapts the spec to it (classes,
     channels, resolution). ``train`` runs :func:`train` with its defaults and returns the final
     held-out top-1 (%). The proxies build the network after ``torch.manual_seed(seed)``, draw
-    their batches from the train split in an order fixed by ``seed`` (one batch; two for zico;
-    SynFlow needs only the image shape) and call the public proxy function.
+    their batches from the train split in an order fixed by ``seed`` (one batch; two for zico)
+    and call the public proxy function.
 
     Args:
         spec: the architecture.
@@ -620,18 +630,20 @@ def score(
 
         return float(count(spec if resolution is None else spec.replace(resolution=resolution)).macs)
 
-    from mmlab.data import DEFAULT_DATASET, load_dataset, make_loader
+    from mmlab.data import DEFAULT_DATASET, make_loader
 
     dev = _check_device(device)
-    ds = load_dataset(data or DEFAULT_DATASET, resolution or DEFAULT_RESOLUTION, seed=seed)
+    if signal is Signal.synflow:  # data-free: the network as specified, at its own resolution
+        torch.manual_seed(seed)
+        net_spec = spec if resolution is None else spec.replace(resolution=resolution)
+        return synflow(build(net_spec).to(dev), (net_spec.in_chans, net_spec.resolution, net_spec.resolution))
+    ds = _dataset(data or DEFAULT_DATASET, resolution or DEFAULT_RESOLUTION, seed)
     if signal is Signal.train:
         result = train(spec, ds.train, ds.val, epochs=epochs, batch_size=batch_size or _TRAIN_BATCH,
                        seed=seed, device=device, num_classes=ds.num_classes)
         return result.top1
     torch.manual_seed(seed)
     model = build(spec.replace(num_classes=ds.num_classes, in_chans=ds.in_chans, resolution=ds.resolution)).to(dev)
-    if signal is Signal.synflow:
-        return synflow(model, (ds.in_chans, ds.resolution, ds.resolution))
     loader = make_loader(ds.train, batch_size or _PROXY_BATCH[signal], shuffle=True, seed=seed)
     batches = [(images.to(dev), labels.to(dev)) for images, labels in islice(loader, 2 if signal is Signal.zico else 1)]
     images, labels = batches[0]

@@ -111,8 +111,12 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_search_report(folder: Path, command: str | None = None) -> dict[str, Path]:
-    """(Re)write trials.csv, pareto.csv, pareto.png and report.md (+ report.html) from the storage."""
+def write_search_report(folder: Path, command: str | None = None, measure_presets: bool = False) -> dict[str, Path]:
+    """(Re)write trials.csv, pareto.csv, pareto.png and report.md (+ report.html) from the storage.
+
+    ``measure_presets``: time and score the paper presets this machine has not measured yet (the
+    end of a search does; ``mmlab report`` only draws what the cache holds).
+    """
     from mmlab.plot import draw_pareto
 
     study, meta = load_search(folder)
@@ -124,7 +128,10 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
     paths = {name: folder / name for name in ("trials.csv", "pareto.csv", "pareto.png", "report.md", "report.html")}
     frame.to_csv(paths["trials.csv"], index=False)
     front.to_csv(paths["pareto.csv"], index=False)
-    draw_pareto(frame, front, presets_frame(config), paths["pareto.png"], signal=config.get("signal", "signal"))
+    budgets = {"macs": config.get("budget_mflops"), "latency": config.get("budget_ms")}
+    draw_pareto(frame, front, presets_frame(config, measure_missing=measure_presets), paths["pareto.png"],
+                signal=config.get("signal", "signal"), objectives=tuple(objectives),
+                budgets={k: v for k, v in budgets.items() if v is not None})
 
     finished = int((frame["state"] == "COMPLETE").sum()) if not frame.empty else 0
     feasible = int(frame["feasible"].sum()) if not frame.empty else 0
@@ -142,7 +149,7 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
         f"- budgets: {budgets} (MACs: complete count, 1 multiply-add = 1)",
         f"- objectives: {', '.join(f'{o} ({d})' for o, d in zip(objectives, directions))}; "
         f"signal `{config.get('signal')}` on data `{config.get('data')}`",
-        f"- sampler: {config.get('sampler')} → {config.get('sampler_name', '')}, seed {config.get('seed')}",
+        f"- sampler: {_sampler_line(config)}, seed {config.get('seed')}",
         f"- storage: `{meta['storage']}`",
         f"- trials: {len(frame)} in storage, {finished} finished, {feasible} feasible, front {len(front)}",
         "",
@@ -168,21 +175,33 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
     return paths
 
 
-def presets_frame(config: dict[str, Any]) -> pd.DataFrame:
-    """The paper presets as reference points: MACs always; latency and signal where this machine
-    has them in the cache (from a trial, `mmlab measure`, or an earlier report). A report never
-    starts a timing or a scoring run of its own.
+def _sampler_line(config: dict[str, Any]) -> str:
+    from mmlab.search import SearchConfig
+
+    name = SearchConfig(trials=config.get("trials", 50), sampler=config.get("sampler", "auto")).sampler_name
+    return name if config.get("sampler") == name else f"{config.get('sampler')} ({name})"
+
+
+def presets_frame(config: dict[str, Any], measure_missing: bool = False) -> pd.DataFrame:
+    """The paper presets as reference points: MACs always; latency and signal from the cache, or
+    measured now (and cached) when ``measure_missing``. The ``train`` signal is never run for them.
     """
-    from mmlab.meter import MeasurementCache, cached_counts, cached_timing
+    from mmlab.meter import MeasurementCache, cached_counts, cached_timing, measure
     from mmlab.presets import PAPER_PRESETS, get_preset
-    from mmlab.search import signal_key
+    from mmlab.search import SearchConfig, cached_score, signal_key
 
     cache = MeasurementCache()
     rows = []
+    device, threads = config.get("device", "cpu"), config.get("threads")
     for name in PAPER_PRESETS:
         spec = get_preset(name)
-        timing = cached_timing(spec, cache, device=config.get("device", "cpu"), threads=config.get("threads"))
+        timing = cached_timing(spec, cache, device=device, threads=threads)
         signal = cache.get(signal_key(spec, config.get("signal", ""), config.get("data", ""), config.get("seed", 0)))
+        if measure_missing and timing is None:
+            timing = measure(spec, device=device, threads=threads, cache=cache, max_time_s=config.get("timing_s", 2.0))
+        if measure_missing and signal is None and config.get("signal") not in (None, "train"):
+            cfg = SearchConfig(signal=config["signal"], data=config.get("data", "synthetic"), seed=config.get("seed", 0))
+            signal = {"signal": cached_score(spec, cfg, cache)}
         rows.append({
             "preset": name, **cached_counts(spec, cache),
             "latency_ms": timing["latency_ms"] if timing else math.nan,

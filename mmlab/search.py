@@ -120,7 +120,7 @@ class SearchConfig:
             flag = "--" + key.replace("_", "-")
             if key == "objectives":
                 value = ",".join(value)
-            parts += [flag, str(value)]
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         return shlex.join(parts)
 
 
