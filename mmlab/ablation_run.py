@@ -71,8 +71,9 @@ def run_grid(
     work = variant_rows(grid)
     folder = Path(results_dir) / grid.name
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, folder / "grid.toml")
-    (folder / "grid.json").write_text(json.dumps({"kind": "grid", "grid": str(path), "settings": settings.__dict__}, indent=2))
+    shutil.copyfile(path, folder / Path(path).name)  # a copy next to the results, for the record
+    meta = {"kind": "grid", "grid": str(Path(path).resolve()), "copy": Path(path).name, "settings": settings.__dict__}
+    (folder / "grid.json").write_text(json.dumps(meta, indent=2))
     rows_path = folder / "rows.jsonl"
     done = {(r["spec_key"], r["seed"]) for r in _read_rows(rows_path)}
     cache = MeasurementCache()
@@ -136,26 +137,48 @@ def _level(level: Any) -> str:
     return ",".join(map(str, level)) if isinstance(level, (tuple, list)) else str(level)
 
 
+def _display(grid: Grid, table: pd.DataFrame, metric_cols: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The table as a paper shows it: one-at-a-time grids as (factor, level) rows, factorial
+    grids with one column per factor; each metric followed by its change against the base."""
+    shown = table.copy()
+    if grid.mode == "one-at-a-time":
+        def factor_level(row: pd.Series) -> tuple[str, str]:
+            changed = [(f.name, row[f"factor.{f.name}"]) for f in grid.factors if row[f"factor.{f.name}"] != BASE]
+            return changed[0] if changed else (BASE, "")
+
+        pairs = shown.apply(factor_level, axis=1, result_type="expand")
+        shown["factor"], shown["level"] = pairs[0], pairs[1]
+        # Rows in file order: the base, then each factor's levels as listed.
+        order = {(BASE, ""): -1}
+        for f in grid.factors:
+            for level in f.levels:
+                order.setdefault((f.name, _level(level)), len(order))
+        shown = shown.iloc[sorted(range(len(shown)), key=lambda i: order.get((shown["factor"].iloc[i], shown["level"].iloc[i]), 1e9))]
+        columns = ["factor", "level", "same_as"]
+    else:
+        shown = shown.rename(columns={f"factor.{f.name}": f.name for f in grid.factors})
+        columns = ["label"] + [f.name for f in grid.factors] + ["same_as"]
+    for col in metric_cols:
+        columns += [col, f"{col}_delta", f"{col}_delta_pct"] if f"{col}_delta" in shown else [col]
+    return shown, columns
+
+
 def write_grid_report(folder: str | Path) -> dict[str, Path]:
     """(Re)write table.csv, table.md, per-metric bar charts, the speed–signal scatter and the reports."""
     from mmlab.plot import draw_grid_bars, draw_grid_scatter
     from mmlab.report import markdown_table, write_html
 
     folder = Path(folder)
-    grid = load_grid(folder / "grid.toml")
     meta = json.loads((folder / "grid.json").read_text())
+    # The original file when it is still there (a relative spec-file base resolves against it), else the copy.
+    grid = load_grid(meta["grid"] if Path(meta["grid"]).is_file() else folder / meta["copy"])
     rows = _read_rows(folder / "rows.jsonl")
     table = grid_table(grid, rows)
     paths: dict[str, Path] = {"table.csv": folder / "table.csv", "table.md": folder / "table.md"}
     table.to_csv(paths["table.csv"], index=False)
 
     metric_cols = [METRICS[m][0] for m in grid.measure if METRICS[m][0] in table]
-    factor_cols = [c for c in table if c.startswith("factor.")]
-    shown_cols = ["label"] + factor_cols + ["same_as"]
-    for col in metric_cols:
-        shown_cols += [col, f"{col}_delta", f"{col}_delta_pct"] if f"{col}_delta" in table else [col]
-    shown = table.rename(columns={c: c.split(".", 1)[1] for c in factor_cols})
-    columns = [c.split(".", 1)[1] if c.startswith("factor.") else c for c in shown_cols]
+    shown, columns = _display(grid, table, metric_cols)
     paths["table.md"].write_text(f"# {grid.name}: ablation table\n\n" + markdown_table(shown, columns) + "\n")
 
     for m in grid.measure:

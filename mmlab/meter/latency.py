@@ -27,18 +27,18 @@ class Timing:
 
 
 def time_cpu(
-    fn: Callable[[], object], *, warmup_s: float = 0.3, round_runs: int = 10,
+    fn: Callable[[], object], *, warmup_s: float = 0.5, round_runs: int = 10,
     max_runs: int = 300, max_time_s: float = 5.0, settle_tol: float = 0.02,
 ) -> Timing:
     """Time ``fn`` until the median settles or a time cap is hit.
 
-    Warm-up runs for ``warmup_s`` (at least two calls); then timed calls in rounds of
+    Warm-up runs for ``warmup_s`` (at least three calls); then timed calls in rounds of
     ``round_runs``; it stops after a round that moved the running median by at most
     ``settle_tol`` (relative), or when ``max_time_s`` or ``max_runs`` is reached.
     """
     start = time.perf_counter()
     calls = 0
-    while calls < 2 or time.perf_counter() - start < warmup_s:
+    while calls < 3 or time.perf_counter() - start < warmup_s:
         fn()
         calls += 1
     samples: list[float] = []
