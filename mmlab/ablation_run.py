@@ -72,7 +72,7 @@ def run_grid(
     folder = Path(results_dir) / grid.name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, folder / Path(path).name)  # a copy next to the results, for the record
-    meta = {"kind": "grid", "grid": str(Path(path).resolve()), "copy": Path(path).name, "settings": settings.__dict__}
+    meta = {"kind": "grid", "grid": str(path), "copy": Path(path).name, "settings": settings.__dict__}
     (folder / "grid.json").write_text(json.dumps(meta, indent=2))
     rows_path = folder / "rows.jsonl"
     done = {(r["spec_key"], r["seed"]) for r in _read_rows(rows_path)}
@@ -198,7 +198,7 @@ def write_grid_report(folder: str | Path) -> dict[str, Path]:
         "",
         f"- base: `{grid.base_source}` (spec {grid.base.key}); mode: {grid.mode}; seeds: {list(grid.seeds)}",
         f"- measured: {', '.join(grid.measure)}" + (f"; signal `{grid.signal}` on `{grid.data}`" if grid.signal else ""),
-        f"- factors: " + "; ".join(f"{f.name} ({f.ablation or f.field}): {', '.join(_level(v) for v in f.levels)}"
+        "- factors: " + "; ".join(f"{f.name} ({f.ablation or f.field or 'one ablation per level'}): {', '.join(_level(v) for v in f.levels)}"
                                   for f in grid.factors),
         f"- variants: {len(table)} factor levels, {table['spec_key'].nunique()} distinct networks, "
         f"{len({r['spec_key'] for r in rows})} measured",
