@@ -300,6 +300,8 @@ def search(
 
 
 def run_search(config, workers: int) -> None:
+    """Prepare the study, run this process and ``workers - 1`` more on it, then write the report."""
+    import signal
     import sys
     import time
 
@@ -309,7 +311,7 @@ def run_search(config, workers: int) -> None:
     from mmlab.search import finished, front_size, prepare, spawn_workers, run_worker
 
     try:
-        study, space, _ = prepare(config)
+        study, _, _ = prepare(config)
     except ValueError as err:
         fail(str(err))
     study.set_user_attr("command", config.resume_command())
@@ -334,8 +336,10 @@ def run_search(config, workers: int) -> None:
             proc.wait()
     except KeyboardInterrupt:
         interrupted = True
+        for proc in procs:  # SIGINT, so each worker's Optuna marks its running trial failed
+            proc.send_signal(signal.SIGINT)
         for proc in procs:
-            proc.terminate()
+            proc.wait()
     finally:
         bar.close()
     paths = write_search_report(config.folder, command=config.resume_command(), measure_presets=not interrupted)

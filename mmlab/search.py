@@ -18,7 +18,7 @@ import subprocess
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -290,8 +290,11 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
     space = SearchSpace.load(config.space)
     study = open_study(config)
     objective = Objective(config, space, cache)
+    mine: list[optuna.trial.FrozenTrial] = []  # this process's trials, in order
     while len(finished(study)) < config.trials:
-        study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+        study.optimize(objective, n_trials=1, catch=(RuntimeError,), callbacks=[lambda _, t: mine.append(t)])
+        if len(mine) >= 10 and all(t.state == TrialState.FAIL for t in mine[-10:]):  # a bug, not bad luck
+            raise RuntimeError(f"the last 10 trials failed (trial {mine[-1].number} and before); see the log above")
         if progress is not None:
             progress(study)
     return study
@@ -303,6 +306,7 @@ def worker_command(config: SearchConfig) -> list[str]:
 
 def prepare(config: SearchConfig) -> tuple[optuna.Study, SearchSpace, MeasurementCache]:
     """Validate everything before anything is stored; create / load the study; queue the presets."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     config.validate()
     space = SearchSpace.load(config.space)
     cache = MeasurementCache()
@@ -324,13 +328,3 @@ def spawn_workers(config: SearchConfig, n: int) -> list[subprocess.Popen]:
     """Start ``n`` extra worker processes on the same storage (they inherit stdout/stderr)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return [subprocess.Popen(worker_command(config), env=env, stdout=subprocess.DEVNULL) for _ in range(n)]
-
-
-@dataclass
-class SearchSummary:
-    finished: int
-    feasible: int
-    front: int
-    folder: Path
-    interrupted: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
