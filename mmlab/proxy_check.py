@@ -115,9 +115,10 @@ def write_proxy_report(folder: Path, rows: list[dict[str, Any]], settings: dict[
     lines = [
         f"# Proxy check on `{settings['data']}`",
         "",
-        f"{len(frame)} architectures sampled from `{settings['space']}` (seed {settings['seed']}), each adapted to the "
-        f"data (classes, channels, 64 px); every signal on the untrained network; `train_top1` = held-out top-1 (%) "
-        f"after {settings['epochs']} epochs of training (mmlab.proxies.train defaults).",
+        f"{len(frame)} architectures sampled from `{settings['space']}` (seed {settings['seed']}); every signal on "
+        f"the untrained network (synflow, params and macs on the network as specified, the data-driven signals "
+        f"adapted to the data: classes, channels, 64 px); `train_top1` = held-out top-1 (%) after "
+        f"{settings['epochs']} epochs of training at 64 px (mmlab.proxies.train defaults).",
         "Rank correlations of each signal with `train_top1` (higher ρ/τ: the signal ranks architectures more like "
         "training does; params and MACs are the baselines any proxy should beat):",
         "",
