@@ -75,7 +75,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from mmlab.arch import ArchSpec, StageSpec, load_spec
+from mmlab.arch import ArchSpec, StageSpec, load_spec, reject_unknown
 
 __all__ = [
     "ABLATIONS",
@@ -276,14 +276,6 @@ _STAGE_FIELD = re.compile(r"stages\[(-?\d+)\]\.(\w+)")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _reject_unknown(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
-
-
 def _freeze(where: str, value: Any) -> Any:
     """TOML arrays become tuples, so that levels are hashable and print as ``3,3,3``."""
     if isinstance(value, dict):
@@ -356,7 +348,7 @@ class Factor:
         """Parse one ``[[factor]]`` table; ``where`` prefixes error messages."""
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: {data!r} is not allowed; must be a table")
-        _reject_unknown(where, data, _FACTOR_KEYS)
+        reject_unknown(where, data, _FACTOR_KEYS)
         name = data.get("name")
         if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
             raise ValueError(f"{where}.name: {name!r} is not allowed; must be an identifier (letters, digits, _)")
@@ -431,7 +423,7 @@ class Grid:
         Raises:
             ValueError: naming the key, the value and what is allowed.
         """
-        _reject_unknown("grid", data, _GRID_KEYS)
+        reject_unknown("grid", data, _GRID_KEYS)
         name = data.get("name", name)
         if not isinstance(name, str) or not name:
             raise ValueError(f"name: {name!r} is not allowed; must be a non-empty string")

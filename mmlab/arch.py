@@ -7,6 +7,7 @@ Every number that the builder, the counters, the search and the tables need is e
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -39,6 +40,15 @@ def _discrete_wavelets() -> frozenset[str]:
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{field_name}: {value!r} is not allowed; {allowed}")
+
+
+def reject_unknown(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` for the first key of a TOML/JSON table that is not in ``allowed``."""
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:

@@ -23,7 +23,6 @@ global_ratio)``), and stages past ``num_stages`` are suggested but unused. Examp
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Union
 
 import optuna
 
-from mmlab.arch import MAX_STAGES, MIN_STAGES, ArchSpec, StageSpec
+from mmlab.arch import MAX_STAGES, MIN_STAGES, ArchSpec, StageSpec, reject_unknown
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
 DEFAULT_SPACE = STUDIES_DIR / "default.toml"
@@ -113,14 +112,6 @@ class Param:
         return abs(k - round(k)) < 1e-6
 
 
-def _reject_unknown(where: str, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
-
-
 @dataclass(frozen=True)
 class SearchSpace:
     """A space of :class:`ArchSpec`: network-level params and per-stage params (up to 4 stages)."""
@@ -136,13 +127,13 @@ class SearchSpace:
         name = data.pop("name", name)
         description = data.pop("description", "")
         raw_stages = data.pop("stage", None)
-        _reject_unknown("space", data, NETWORK_KEYS + ("name", "description", "stage"))
+        reject_unknown("space", data, NETWORK_KEYS + ("name", "description", "stage"))
         if not isinstance(raw_stages, list) or not raw_stages:
             raise ValueError("stage: missing; a space needs [[stage]] tables, one per stage")
         network = tuple(Param.parse(key, data.get(key, _NETWORK_DEFAULTS.get(key, len(raw_stages)))) for key in NETWORK_KEYS)
         stages = []
         for i, raw in enumerate(raw_stages):
-            _reject_unknown(f"stage[{i}]", raw, STAGE_KEYS)
+            reject_unknown(f"stage[{i}]", raw, STAGE_KEYS)
             for required in ("width", "depth"):
                 if required not in raw:
                     raise ValueError(f"stage[{i}].{required}: missing; every stage needs width and depth")
