@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from mmlab.arch import ArchSpec
 from mmlab.meter import MeasurementCache, cached_counts, measure
 from mmlab.meter.cache import cache_key
+from mmlab.model import build
 from mmlab.presets import PAPER_PRESETS, get_preset
 from mmlab.space import DEFAULT_SPACE, SearchSpace
 
@@ -175,7 +176,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         cfg = self.config
         spec = self.space.suggest(trial)
-        metrics: dict[str, Any] = dict(cached_counts(spec, self.cache))
+        model = build(spec)  # built once: counted here, fused and timed by measure() if feasible
+        metrics: dict[str, Any] = dict(cached_counts(spec, self.cache, model))
         trial.set_user_attr("spec_json", spec.to_json())
         trial.set_user_attr("spec_key", spec.key)
         feasible = True
@@ -185,7 +187,8 @@ class Objective:
             feasible = violation <= 0
         if feasible and ("latency" in cfg.objectives or cfg.budget_ms is not None):
             with device_lock(cfg.device, self.cache):
-                row = measure(spec, device=cfg.device, threads=cfg.threads, cache=self.cache, max_time_s=cfg.timing_s)
+                row = measure(spec, device=cfg.device, threads=cfg.threads, cache=self.cache,
+                              max_time_s=cfg.timing_s, model=model)
             metrics.update({k: v for k, v in row.items() if k.startswith(("latency", "throughput", "env_"))})
             if cfg.budget_ms is not None:
                 violation = row["latency_ms"] - cfg.budget_ms

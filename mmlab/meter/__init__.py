@@ -131,6 +131,7 @@ def measure(
     cache: MeasurementCache | None = None,
     use_cache: bool = True,
     max_time_s: float = 5.0,
+    model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Parameters, MACs and (optionally) speed of one architecture, as a flat row.
 
@@ -149,6 +150,7 @@ def measure(
         cache: the measurement cache (default: the user cache directory).
         use_cache: False forces a fresh measurement (the result still refreshes the cache).
         max_time_s: CPU timing cap, warm-up excluded.
+        model: ``build(spec)`` if the caller already has it (unfused; it is not modified).
 
     Returns:
         Spec fields, ``params``, ``macs``, ``macs_paper`` and, with timing, ``latency_ms`` (median),
@@ -173,7 +175,7 @@ def measure(
 
     from mmlab.model import build, fuse
 
-    model = build(spec)
+    model = model if model is not None else build(spec)
     deploy = fuse(model)
     gc.collect()  # timing first, on a quiet heap: the MAC trace below leaves much garbage
     if device == "cpu":
