@@ -13,8 +13,9 @@ import csv
 import time
 from pathlib import Path
 
-from mmlab.meter import MeasurementCache, measure
-from mmlab.presets import PAPER_PRESETS, get_preset
+from mmlab.meter.cache import MeasurementCache
+from mmlab.meter.measure import measure
+from mmlab.spec.presets import PAPER_PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "official_cpu_latency.tsv"

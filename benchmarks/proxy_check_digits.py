@@ -2,7 +2,7 @@
 
     python benchmarks/proxy_check_digits.py [--n 20] [--epochs 3]
 
-Samples N architectures from studies/default.toml, computes every zero-cost proxy and the
+Samples N architectures from the default space, computes every zero-cost proxy and the
 params / MACs baselines, trains each for --epochs on digits (64 px), and prints the rank
 correlation table; outputs go to results/proxy_check_digits/ (committed as a reference).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mmlab.proxy_check import proxy_check
+from mmlab.api import proxy_check
 
 
 def main() -> None:

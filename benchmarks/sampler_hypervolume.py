@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import time
 
-from mmlab.report import hypervolume_2d
-from mmlab.search import SearchConfig, finished, run_worker
+from mmlab.study.pareto import hypervolume_2d
+from mmlab.study.search import SearchConfig, finished, run_worker
 
 
 def front_points(study) -> list[tuple[float, float]]:

@@ -1,4 +1,8 @@
-"""The ``mmlab`` command line: each command parses, calls one library function, prints."""
+"""The ``mmlab`` command line: each command parses, calls one library function, prints.
+
+Only typer and the pure-Python registries load at start, so ``mmlab --help`` answers at once;
+each command imports the library layer it calls (torch among it) inside its body.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmlab.arch import ArchSpec, load_spec
-from mmlab.presets import PRESETS
+from mmlab.meter.devices import DEVICES
+from mmlab.meter.runtimes import RUNTIMES
+from mmlab.signals.registry import DEFAULT_SIGNAL, SIGNALS
+from mmlab.spec import PRESETS, ArchSpec, load_spec
+from mmlab.spec.space import DEFAULT_SPACE, space_names
 
 app = typer.Typer(
     name="mmlab",
@@ -66,7 +73,7 @@ def _fmt(value: object) -> str:
 
 
 def _param_count(spec: ArchSpec) -> int:
-    import torch
+    import torch  # inline: only the commands that print parameter counts load torch
 
     from mmlab.model import build
 
@@ -109,9 +116,12 @@ def show(spec: SpecArg, as_json: JsonOpt = False) -> None:
     typer.echo(f"params: {params:,} (all parameters, frozen wavelet filters included)")
 
 
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
+Device = Enum("Device", {name: name for name in DEVICES}, type=str)  # choices from the one device registry
+Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)
+DEVICE_HELP = "; ".join(f"{d.name}: {d.description}" for d in DEVICES.values())
+RUNTIME_HELP = "Timing runtime: " + "; ".join(f"{r.name}: {r.description}" for r in RUNTIMES.values())
+SIGNAL_HELP = ", ".join(f"{s.name} ({s.kind})" for s in SIGNALS.values())
+SPACE_HELP = f"Search space: a shipped one ({', '.join(space_names())}) or a .toml file."
 
 
 MEASURE_COLUMNS_CPU = ["spec", "params", "macs_paper", "macs", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_runs", "env_threads"]
@@ -122,7 +132,8 @@ MEASURE_COLUMNS_CUDA = ["spec", "params", "macs", "latency_ms", "latency_eager_m
 @app.command()
 def measure(
     specs: Annotated[list[str], typer.Argument(help="Preset names and/or .toml / .json spec files.")],
-    device: Annotated[Device, typer.Option(help="Where to time: cpu (batch-1 latency) or cuda (latency and throughput).")] = Device.cpu,
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = "cpu",
+    runtime: Annotated[Runtime, typer.Option(help=RUNTIME_HELP)] = "eager",
     batch: Annotated[Optional[int], typer.Option(help="CPU: latency batch (default 1). CUDA: throughput batch (default 256).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores); recorded with the result.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure again even if this machine has a cached result.")] = False,
@@ -138,8 +149,8 @@ def measure(
     Examples: `mmlab measure t2 s6`, `mmlab measure arch.toml --threads 1 --json`,
     `mmlab measure t2 t4 s6 b1 b2 b4 --device cuda`.
     """
-    from mmlab.meter import MeasurementCache
-    from mmlab.meter import measure as measure_spec
+    from mmlab.meter.cache import MeasurementCache
+    from mmlab.meter.measure import measure as measure_spec
 
     arches = [(name, resolve_spec(name)) for name in specs]  # all resolved before any timing
     cache = MeasurementCache(cache_dir)
@@ -147,7 +158,7 @@ def measure(
     for name, arch in arches:
         try:
             row = measure_spec(arch, device=device.value, batch=batch, threads=threads, cache=cache,
-                               use_cache=not no_cache, max_time_s=max_time)
+                               use_cache=not no_cache, max_time_s=max_time, runtime=runtime.value)
         except ValueError as err:
             fail(str(err))
         rows.append({"spec": name, **row})
@@ -156,24 +167,21 @@ def measure(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    columns = MEASURE_COLUMNS_CUDA if device is Device.cuda else MEASURE_COLUMNS_CPU
+    columns = MEASURE_COLUMNS_CUDA if device.value == "cuda" else MEASURE_COLUMNS_CPU
     typer.echo(format_table([{c: r.get(c) for c in columns} for r in rows], columns))
     env = rows[0]
     typer.echo(f"\n{env['env_hardware']}, torch {env['env_torch']}, {env['env_dtype']}, batch {env['env_batch']}; "
                "MACs: 1 multiply-add = 1; latency: median ms (p10, p90) of the fused model")
 
 
-SIGNAL_HELP = "synflow, naswot, grad_norm, snip, zico (zero-cost proxies), params, macs (baselines) or train (short training)."
-
-
 @app.command()
 def score(
     spec: SpecArg,
-    signal: Annotated[str, typer.Option(help=SIGNAL_HELP)] = "synflow",
+    signal: Annotated[str, typer.Option(help=SIGNAL_HELP)] = DEFAULT_SIGNAL,
     data: Annotated[str, typer.Option(help="digits (embedded, default), synthetic, or imagefolder:PATH.")] = "digits",
     seed: Annotated[int, typer.Option(help="Seeds the data split, the network and the batches.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs for --signal train.")] = 3,
-    device: Annotated[Device, typer.Option(help="Where data-driven signals run.")] = Device.cpu,
+    device: Annotated[Device, typer.Option(help="Where data-driven signals run.")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Compute one accuracy signal of an architecture (adapted to the data: classes, channels, 64 px).
@@ -182,12 +190,11 @@ def score(
     """
     import time
 
-    from mmlab.proxies import Signal
-    from mmlab.proxies import score as compute
+    from mmlab.signals.score import score as compute
 
     arch = resolve_spec(spec)
-    if signal not in {s.value for s in Signal}:
-        fail(f"signal: {signal!r} is not allowed; choose among {', '.join(s.value for s in Signal)}")
+    if signal not in SIGNALS:
+        fail(f"signal: {signal!r} is not allowed; choose among {', '.join(SIGNALS)}")
     started = time.perf_counter()
     try:
         value = compute(arch, signal, data=data, seed=seed, epochs=epochs, device=device.value)
@@ -206,7 +213,7 @@ def proxy_check_cmd(
     data: Annotated[str, typer.Option(help="digits (embedded), synthetic, or imagefolder:PATH.")] = "digits",
     n: Annotated[int, typer.Option(help="Architectures to sample from the space.")] = 20,
     epochs: Annotated[int, typer.Option(help="Short-training epochs per architecture.")] = 3,
-    space: Annotated[Optional[Path], typer.Option(help="Search-space file (default studies/default.toml).")] = None,
+    space: Annotated[str, typer.Option(help=SPACE_HELP)] = DEFAULT_SPACE,
     seed: Annotated[int, typer.Option(help="Seed of the sample, the proxies and the training.")] = 0,
     results_dir: Annotated[Path, typer.Option(help="Parent folder of the outputs.")] = Path("results"),
 ) -> None:
@@ -220,7 +227,7 @@ def proxy_check_cmd(
 
     from tqdm import tqdm
 
-    from mmlab.proxy_check import proxy_check
+    from mmlab.api import proxy_check
 
     bar = tqdm(total=n, desc="proxy-check", unit="arch", file=sys.stderr, dynamic_ncols=True)
 
@@ -238,12 +245,13 @@ def proxy_check_cmd(
     typer.echo(f"report: {folder / 'report.md'}")
 
 
-class Sampler(str, Enum):
-    auto = "auto"
-    tpe = "tpe"
-    nsga2 = "nsga2"
-    gp = "gp"
-    random = "random"
+def _sampler_names() -> list[str]:
+    from mmlab.study.samplers import SAMPLERS  # optuna, but not torch
+
+    return list(SAMPLERS)
+
+
+Sampler = Enum("Sampler", {name: name for name in _sampler_names()}, type=str)
 
 
 @app.command(epilog=(
@@ -251,23 +259,24 @@ class Sampler(str, Enum):
     "  mmlab search --budget-mflops 300\n\n"
     "  mmlab search --study fast --budget-mflops 300 --budget-ms 25 --trials 100 --workers 2\n\n"
     "  mmlab search --objectives signal,macs --signal naswot --data digits --sampler nsga2\n\n"
-    "  mmlab search --space studies/tiny.toml --storage sqlite:////tmp/s.db --study tiny\n\n"
+    "  mmlab search --space tiny --storage sqlite:////tmp/s.db --study tiny\n\n"
     "Run the same command again to resume; Ctrl-C keeps every finished trial."
 ))
 def search(
-    budget_mflops: Annotated[Optional[float], typer.Option(help="MAC budget in millions (complete count): feasible when macs <= budget.")] = None,
+    budget_mflops: Annotated[Optional[float], typer.Option(help="MAC budget in millions of MACs (1 multiply-add = 1, the paper's 'FLOPs'; complete count): feasible when macs <= budget.")] = None,
     budget_ms: Annotated[Optional[float], typer.Option(help="Latency budget in ms on --device: feasible when latency <= budget.")] = None,
     study: Annotated[str, typer.Option(help="Study name; outputs go to results/<study>/.")] = "default",
     trials: Annotated[int, typer.Option(help="Total finished trials wanted (a resumed study continues up to it).")] = 50,
     objectives: Annotated[str, typer.Option(help="Comma-separated, among signal (max), latency, macs, params (min).")] = "signal,latency",
-    signal: Annotated[str, typer.Option(help="Accuracy signal: synflow, naswot, grad_norm, snip, zico, params, macs, train.")] = "synflow",
+    signal: Annotated[str, typer.Option(help="Accuracy signal: " + SIGNAL_HELP)] = DEFAULT_SIGNAL,
     data: Annotated[str, typer.Option(help="Data for the signal: synthetic, digits or imagefolder:PATH.")] = "synthetic",
-    sampler: Annotated[Sampler, typer.Option(help="auto = TPE up to 300 trials, NSGA-II beyond.")] = Sampler.auto,
+    sampler: Annotated[Sampler, typer.Option(help="auto = TPE up to 300 trials, NSGA-II beyond.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the sampler and of the signal.")] = 0,
-    space: Annotated[Optional[Path], typer.Option(help="Search-space file (default studies/default.toml).")] = None,
+    space: Annotated[str, typer.Option(help=SPACE_HELP)] = DEFAULT_SPACE,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH); default SQLite in results/<study>/.")] = None,
     workers: Annotated[int, typer.Option(help="Processes working on the study together (timings never overlap).")] = 1,
-    device: Annotated[Device, typer.Option(help="Where latency is measured.")] = Device.cpu,
+    device: Annotated[Device, typer.Option(help="Where latency is measured.")] = "cpu",
+    runtime: Annotated[Runtime, typer.Option(help=RUNTIME_HELP)] = "eager",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores).")] = None,
     timing_s: Annotated[float, typer.Option(help="CPU timing cap per candidate, seconds.")] = 2.0,
     results_dir: Annotated[Path, typer.Option(help="Parent folder of study outputs.")] = Path("results"),
@@ -280,7 +289,7 @@ def search(
     paper presets that fit are tried first. Outputs, regenerated by `mmlab report`:
     results/<study>/trials.csv, pareto.csv, pareto.png, report.md, report.html.
     """
-    from mmlab.search import SearchConfig, run_worker
+    from mmlab.study.search import SearchConfig, run_worker
 
     if worker_json is not None:  # a worker started by --workers: no queueing, no report
         config = SearchConfig(**{k: tuple(v) if k == "objectives" else v for k, v in json.loads(worker_json).items()})
@@ -289,73 +298,48 @@ def search(
     config = SearchConfig(
         study=study, trials=trials, budget_mflops=budget_mflops, budget_ms=budget_ms,
         objectives=tuple(o.strip() for o in objectives.split(",") if o.strip()), signal=signal, data=data,
-        sampler=sampler.value, seed=seed, space=str(space) if space else SearchConfig.space, storage=storage,
-        device=device.value, threads=threads, timing_s=timing_s, results_dir=str(results_dir),
+        sampler=sampler.value, seed=seed, space=space, storage=storage, device=device.value, threads=threads,
+        timing_s=timing_s, runtime=runtime.value, results_dir=str(results_dir),
     )
-    if workers < 1:
-        fail(f"workers: {workers} is not allowed; must be >= 1")
     run_search(config, workers)
 
 
 def run_search(config, workers: int) -> None:
-    """Prepare the study, run this process and ``workers - 1`` more on it, then write the report."""
-    import signal
+    """Call :func:`mmlab.search` with a progress bar; print the summary line (and how to resume)."""
     import sys
-    import time
 
     from tqdm import tqdm
 
-    from mmlab.report import write_search_report
-    from mmlab.search import finished, front_size, prepare, spawn_workers, run_worker
+    from mmlab.api import search as run
+    from mmlab.study.search import finished, front_size
 
-    try:
-        study, _, _ = prepare(config)
-    except ValueError as err:
-        fail(str(err))
-    study.set_user_attr("command", config.resume_command())
-    directions = [d.name.lower() for d in study.directions]
-    started = time.perf_counter()
-    done_before = len(finished(study))
-    bar = tqdm(total=config.trials, initial=done_before, desc=f"search {config.study}", unit="trial",
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=config.trials, desc=f"search {config.study}", unit="trial", file=sys.stderr, dynamic_ncols=True)
 
     def progress(s) -> None:
         trials = finished(s)
-        feasible, front = front_size(trials, directions)
+        feasible, front = front_size(trials, [d.name.lower() for d in s.directions])
         bar.n = min(len(trials), config.trials)
         bar.set_postfix(feasible=feasible, front=front, refresh=False)
         bar.refresh()
 
-    procs = spawn_workers(config, workers - 1) if workers > 1 else []
-    interrupted = False
     try:
-        run_worker(config, progress)
-        for proc in procs:
-            proc.wait()
-    except KeyboardInterrupt:
-        interrupted = True
-        for proc in procs:  # SIGINT, so each worker's Optuna marks its running trial failed
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            proc.wait()
-    finally:
+        result = run(config, workers=workers, progress=progress)
+    except ValueError as err:
         bar.close()
-    paths = write_search_report(config.folder, command=config.resume_command(), measure_presets=not interrupted)
-    trials = finished(study)
-    feasible, front = front_size(trials, directions)
-    elapsed = time.perf_counter() - started
-    typer.echo(f"{len(trials)} finished trials ({len(trials) - done_before} new, {elapsed:.0f} s), "
-               f"{feasible} feasible, Pareto front of {front}: {paths['report.md']}")
-    if interrupted:
+        fail(str(err))
+    bar.close()
+    typer.echo(f"{result.finished} finished trials ({result.new} new, {result.seconds:.0f} s), "
+               f"{result.feasible} feasible, Pareto front of {result.front}: {result.report}")
+    if result.interrupted:
         typer.echo(f"interrupted: the running trial is marked failed, finished ones are kept; resume with:\n  "
-                   f"{config.resume_command()}")
+                   f"{result.resume_command}")
         raise typer.Exit(130)
 
 
 @app.command()
 def ablations() -> None:
     """List the named ablations (pure spec edits usable in grid files), one line each."""
-    from mmlab.ablate import ABLATIONS
+    from mmlab.spec import ABLATIONS
 
     width = max(map(len, ABLATIONS))
     for name, ab in ABLATIONS.items():
@@ -365,7 +349,7 @@ def ablations() -> None:
 @app.command()
 def ablate(
     grid: Annotated[Path, typer.Argument(help="A grid file, e.g. studies/paper_ablations.toml.")],
-    device: Annotated[Device, typer.Option(help="Where latency is measured.")] = Device.cpu,
+    device: Annotated[Device, typer.Option(help="Where latency is measured.")] = "cpu",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores).")] = None,
     timing_s: Annotated[float, typer.Option(help="CPU timing cap per variant, seconds.")] = 3.0,
     results_dir: Annotated[Path, typer.Option(help="Parent folder of grid outputs.")] = Path("results"),
@@ -383,13 +367,9 @@ def ablate(
 
     from tqdm import tqdm
 
-    from mmlab.ablation_run import GridSettings, run_grid
+    from mmlab.api import ablate as run
+    from mmlab.study.grid import GridSettings
 
-    if device is Device.cuda:
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("device: 'cuda' is not available on this machine; use --device cpu")
     bar = tqdm(total=None, desc="ablate", unit="variant", file=sys.stderr, dynamic_ncols=True)
 
     def progress(i: int, total: int, label: str) -> None:
@@ -399,8 +379,8 @@ def ablate(
 
     started = time.perf_counter()
     try:
-        folder = run_grid(grid, results_dir=results_dir, progress=progress,
-                          settings=GridSettings(device=device.value, threads=threads, timing_s=timing_s))
+        folder = run(grid, results_dir=results_dir, progress=progress,
+                     settings=GridSettings(device=device.value, threads=threads, timing_s=timing_s))
     except ValueError as err:
         bar.close()
         fail(str(err))
@@ -416,17 +396,13 @@ def ablate(
 def report(
     folder: Annotated[Path, typer.Argument(help="A results folder: results/<study> (search) or results/<grid> (ablation).")],
 ) -> None:
-    """Regenerate the tables, plots and reports of a search or an ablation grid from what is stored."""
-    from mmlab.report import write_search_report
+    """Regenerate the tables, plots and reports of a search, ablation grid or proxy check from what is stored."""
+    from mmlab.api import report as run
 
-    if (folder / "study.json").is_file():
-        paths = write_search_report(folder)
-    elif (folder / "grid.json").is_file():
-        from mmlab.ablation_run import write_grid_report
-
-        paths = write_grid_report(folder)
-    else:
-        fail(f"{folder}: no study.json or grid.json here; give a folder written by `mmlab search` or `mmlab ablate`")
+    try:
+        paths = run(folder)
+    except ValueError as err:
+        fail(str(err))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -437,27 +413,13 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the spec (.toml or .json).")] = Path("arch.toml"),
 ) -> None:
     """Write one trial's architecture as a spec file for `mmlab show`, `mmlab measure` and `mmlab.build`."""
-    from mmlab.arch import ArchSpec
-    from mmlab.report import load_search
+    from mmlab.api import export as run
 
-    if not (folder / "study.json").is_file():
-        fail(f"{folder}: no study.json here; give a folder written by `mmlab search`")
-    study, _ = load_search(folder)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if trial not in trials or "spec_json" not in trials[trial].user_attrs:
-        fail(f"trial: {trial} is not in study {study.study_name!r} (trials 0..{max(trials) if trials else -1} with a spec)")
-    t = trials[trial]
-    spec = ArchSpec.from_json(t.user_attrs["spec_json"])
-    metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if output.suffix.lower() == ".json":
-        output.write_text(spec.to_json(indent=2) + "\n")
-    else:
-        import tomli_w
-
-        provenance = {"study": study.study_name, "trial": trial, "folder": str(folder), **metrics}
-        output.write_text(f"# exported by mmlab export {folder} --trial {trial}\n"
-                          + tomli_w.dumps({"provenance": provenance, "arch": spec.to_dict()}))
-    typer.echo(f"wrote {output} (spec {spec.key}); try: mmlab show {output}")
+    try:
+        path, spec = run(folder, trial, output)
+    except ValueError as err:
+        fail(str(err))
+    typer.echo(f"wrote {path} (spec {spec.key}); try: mmlab show {path}")
 
 
 def main() -> None:  # pragma: no cover - console-script shim

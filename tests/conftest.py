@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the reference tables next to the checkout."""
+"""Shared fixtures: the reference tables vendored under tests/data (see tests/data/README.md)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data"
 
 
 def read_tsv(name: str) -> list[dict[str, str]]:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference table {path} not found (it lives in ../shared/reference)")
-    with path.open() as fh:
+    with (REFERENCE / name).open() as fh:
         return list(csv.DictReader((line for line in fh if not line.startswith("#")), delimiter="\t"))
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _session_cache(tmp_path_factory, monkeypatch) -> None:
+    """Tests never read or write the user's measurement cache; one shared cache per test session."""
+    monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -3,7 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from mmlab.cli import app
-from mmlab.presets import PRESETS, get_preset
+from mmlab.spec.presets import PRESETS, get_preset
 
 runner = CliRunner()
 

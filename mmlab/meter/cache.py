@@ -7,6 +7,7 @@ directory passed explicitly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,27 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mmlab" / "measurements"
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(*packages: str) -> str:
+    """SHA-256 (12 hex) of the source of ``packages`` (default: the spec, model and meter code), with
+    the torch and fvcore versions: part of every cached figure's key, so a change of code or of
+    those libraries never serves a stale figure."""
+    import importlib.metadata
+
+    root = Path(__file__).resolve().parents[1]  # the mmlab package
+    digest = hashlib.sha256()
+    for package in packages or ("spec", "model", "meter"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    for dist in ("torch", "fvcore"):
+        try:
+            digest.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{dist}=none".encode())
+    return digest.hexdigest()[:12]
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmlab.arch import ArchSpec
+from mmlab.spec.arch import ArchSpec
 
 SCAN_OP = "prim::PythonOp.SelectiveScan"
 

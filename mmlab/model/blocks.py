@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from mmlab.model.layers import FFN, ConvBN, Residual
+from mmlab.model.layers import FFN, ConvBN, Residual, conv_like, fold_bn
 from mmlab.model.ssm import SS2D
 from mmlab.model.wavelet import dwt, idwt, wavelet_filters
 
@@ -80,6 +80,7 @@ class LocalBranch(nn.Module):
 
     def __init__(self, dim: int, kernel: int) -> None:
         super().__init__()
+        # Named dwconv3x3 whatever the kernel: the authors' name, so their checkpoints load key for key.
         self.dwconv3x3 = nn.Conv2d(dim, dim, kernel, 1, kernel // 2, groups=dim, bias=False)
         self.bn1 = nn.BatchNorm2d(dim)
         self.relu = nn.ReLU()
@@ -91,10 +92,8 @@ class LocalBranch(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Sequential:
-        from mmlab.model.layers import _conv_like, _fold_bn
-
-        first = _conv_like(self.dwconv3x3, *_fold_bn(self.dwconv3x3.weight, None, self.bn1))
-        second = _conv_like(self.dwconv1x1, *_fold_bn(self.dwconv1x1.weight, None, self.bn2))
+        first = conv_like(self.dwconv3x3, *fold_bn(self.dwconv3x3.weight, None, self.bn1))
+        second = conv_like(self.dwconv1x1, *fold_bn(self.dwconv1x1.weight, None, self.bn2))
         return nn.Sequential(first, nn.ReLU(), second)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmlab.arch import ArchSpec
+from mmlab.spec.arch import ArchSpec
 from mmlab.model.net import MobileMamba, build
 
 _OFFICIAL_MARKER = "patch_embed."

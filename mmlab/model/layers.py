@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a BN that *follows* a conv/linear into that layer's weight and bias."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (out,)
     shape = (-1,) + (1,) * (weight.dim() - 1)
@@ -24,7 +24,7 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
     return fused_w, fused_b
 
 
-def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+def conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     out = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
         conv.dilation, conv.groups, bias=True, device=weight.device, dtype=weight.dtype,
@@ -49,7 +49,7 @@ class ConvBN(nn.Sequential):
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
-        return _conv_like(self.c, *_fold_bn(self.c.weight, None, self.bn))
+        return conv_like(self.c, *fold_bn(self.c.weight, None, self.bn))
 
 
 class BNLinear(nn.Sequential):

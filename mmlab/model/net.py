@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmlab.arch import ArchSpec
+from mmlab.spec.arch import ArchSpec
 from mmlab.model.blocks import Block, GlobalBranch, LocalBranch, Mixer
 from mmlab.model.layers import FFN, BNLinear, ConvBN, PatchMerging, Residual
 
@@ -28,7 +28,7 @@ class Stage(nn.Module):
 
 
 class MobileMamba(nn.Module):
-    """A MobileMamba-family network built from an :class:`~mmlab.arch.ArchSpec`.
+    """A MobileMamba-family network built from an :class:`~mmlab.spec.ArchSpec`.
 
     Follows timm's conventions: ``forward_features`` (B, C, H, W) → ``forward_head`` logits,
     ``num_classes``, ``num_features``, ``get_classifier`` and ``reset_classifier``.

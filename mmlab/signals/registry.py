@@ -1,0 +1,65 @@
+"""The accuracy signals, one registry: name → what it is and the function that computes it.
+
+Pure Python, so that the CLI's help and validation read it without loading torch; each entry
+names its function as ``module:attribute``, imported the first time the signal is computed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from mmlab.signals.score import ScoreSettings
+    from mmlab.spec.arch import ArchSpec
+
+KINDS = ("proxy", "baseline", "training")
+
+
+@dataclass(frozen=True)
+class SignalInfo:
+    """One accuracy signal.
+
+    Attributes:
+        name: the registry name used by the CLI, the search, grids and tables.
+        kind: ``proxy`` (zero-cost, untrained network), ``baseline`` (a count that every proxy
+            must beat) or ``training`` (held-out top-1 after short training).
+        description: one line for help and reports.
+        uses_data: whether it reads images (the others see the network as specified).
+        entry: ``module:function`` computing it as ``fn(spec, settings) -> float``.
+    """
+
+    name: str
+    kind: str
+    description: str
+    uses_data: bool
+    entry: str
+
+    def load(self) -> Callable[["ArchSpec", "ScoreSettings"], float]:
+        module, _, attr = self.entry.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_SCORE = "mmlab.signals.score"
+
+SIGNALS: dict[str, SignalInfo] = {s.name: s for s in (
+    SignalInfo("synflow", "proxy", "log Σ|θ·∂R/∂θ| of the BN-free |θ| network on an all-ones image", False, f"{_SCORE}:score_synflow"),
+    SignalInfo("naswot", "proxy", "log|K| of the ReLU activation-code kernel over a batch", True, f"{_SCORE}:score_naswot"),
+    SignalInfo("grad_norm", "proxy", "Σ ‖∂CE/∂θ‖₂ over weight tensors, one batch", True, f"{_SCORE}:score_grad_norm"),
+    SignalInfo("snip", "proxy", "Σ |θ·∂CE/∂θ| over weights, one batch", True, f"{_SCORE}:score_snip"),
+    SignalInfo("zico", "proxy", "Σ log Σ mean|g|/std(g) over weight tensors, two batches", True, f"{_SCORE}:score_zico"),
+    SignalInfo("params", "baseline", "all parameters", False, f"{_SCORE}:score_params"),
+    SignalInfo("macs", "baseline", "complete MAC count", False, f"{_SCORE}:score_macs"),
+    SignalInfo("train", "training", "held-out top-1 (%) after a short training run", True, f"{_SCORE}:score_train"),
+)}
+
+DEFAULT_SIGNAL = "synflow"
+"""The signal searches and grids use when none is given."""
+
+
+def check_signal(name: str) -> SignalInfo:
+    """The signal ``name``, or ``ValueError`` naming the allowed ones."""
+    if name not in SIGNALS:
+        raise ValueError(f"signal: {name!r} is not allowed; choose among {', '.join(SIGNALS)}")
+    return SIGNALS[name]

@@ -1,0 +1,216 @@
+import pytest
+import torch
+
+import mmlab
+from mmlab.spec.arch import ArchSpec, StageSpec
+from mmlab.model.blocks import GlobalBranch
+from mmlab.model.layers import ConvBN
+from mmlab.model.wavelet import dwt, idwt, wavelet_filters
+from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
+from tests.conftest import read_tsv
+
+TINY = get_preset("tiny")
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_param_counts_match_reference_exactly(name):
+    row = {r["preset"]: r for r in read_tsv("presets.tsv")}[name]
+    with torch.device("meta"):
+        model = mmlab.build(PRESETS[name])
+    assert n_params(model) == int(row["params_all"])
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == int(row["params_trainable"])
+
+
+def test_ss2d_param_formula():
+    # P_SS2D = 3·g·Di + 16·Di + K·Di·(2R + 3N + 2) + 2g, for g=112, Di=224, R=7, K=2, N=1: 87,584.
+    branch = GlobalBranch(112, 7, 1, "db1", 224, 7, 1, "bidi")
+    assert n_params(branch.ssm) == 87_584
+    assert sum(p.numel() for p in branch.parameters() if p.requires_grad) == 110_096
+    assert n_params(branch) == 113_680
+
+
+def test_block_is_double_identity_at_init():
+    model = mmlab.build(get_preset("t2")).eval()
+    x = torch.randn(1, 144, 12, 12)
+    for block in model.stages[0].blocks:
+        torch.testing.assert_close(block(x), 2 * x)
+
+
+def test_drop_path_drops_the_whole_chain():
+    model = mmlab.build(get_preset("tiny").replace(drop_path=0.99))
+    block = model.stages[2].blocks[0].train()
+    x = torch.randn(64, 64, 2, 2)
+    out = block(x)
+    # A fresh block's chain is x, so a kept sample is x + x/(1-p) and a dropped one is x.
+    dropped = torch.isclose(out, x).flatten(1).all(1)
+    assert 0 < dropped.sum() <= 64
+    torch.testing.assert_close(out[~dropped], x[~dropped] * (1 + 1 / (1 - 0.99 * 1.0)), rtol=1e-4, atol=1e-4)
+
+
+def test_zero_initialised_gammas():
+    model = mmlab.build(TINY)
+    block = model.stages[0].blocks[0]
+    for conv_bn in (block.dw0.m, block.dw1.m, block.ffn0.m.pw2, block.ffn1.m.pw2, block.mixer.m.proj):
+        assert torch.count_nonzero(conv_bn.bn.weight) == 0
+    assert torch.all(model.stages[1].downsample[0][0].m.bn.weight == 1)
+    ssm = block.mixer.m.global_op.ssm
+    assert torch.all(ssm.A_logs == 0) and torch.all(ssm.Ds == 1)
+    assert 0 <= ssm.dt_projs_bias.min() and ssm.dt_projs_bias.max() < 0.1
+
+
+def test_haar_filters_and_perfect_reconstruction():
+    dec, rec = wavelet_filters("db1")
+    expected = 0.5 * torch.tensor([[[1, 1], [1, 1]], [[1, 1], [-1, -1]], [[1, -1], [1, -1]], [[1, -1], [-1, 1]]], dtype=torch.float32)
+    torch.testing.assert_close(dec, expected)
+    torch.testing.assert_close(rec, expected)
+    x = torch.randn(2, 3, 8, 6)
+    dec_f, rec_f = dec[:, None].repeat(3, 1, 1, 1), rec[:, None].repeat(3, 1, 1, 1)
+    torch.testing.assert_close(idwt(dwt(x, dec_f), rec_f), x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2, 3])
+@pytest.mark.parametrize("side", [7, 8])
+def test_wavelet_path_levels_and_odd_maps(levels, side):
+    branch = GlobalBranch(16, 3, levels, "db1", 32, 1, 1, "bidi")
+    x = torch.randn(1, 16, side, side, requires_grad=True)
+    y = branch(x)
+    assert y.shape == x.shape
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_single_level_identity_reconstruction():
+    branch = GlobalBranch(16, 3, 1, "db1", 32, 1, 1, "bidi")
+    torch.nn.init.dirac_(branch.wavelet_convs[0].weight, groups=64)  # identity sub-band filters
+    branch.wavelet_scale[0].weight.data.fill_(1.0)
+    x = torch.randn(2, 16, 7, 9)
+    torch.testing.assert_close(branch.wavelet_path(x), x, rtol=1e-5, atol=1e-5)
+
+
+def _variant(**changes) -> ArchSpec:
+    return TINY.replace(**changes)
+
+
+VARIANTS = {
+    **{f"scan_{m}": _variant(scan=m) for m in ("forward", "bidi", "cross")},
+    **{f"d_state_{n}": _variant(d_state=n) for n in (1, 2, 4, 16)},
+    **{f"levels_{n}": TINY.replace(stages=tuple(s.__class__(**{**s.__dict__, "wavelet_levels": n}) for s in TINY.stages)) for n in (0, 1, 2, 3)},
+    "two_stages": _variant(stages=TINY.stages[:2]),
+    "four_stages": _variant(stages=TINY.stages + (StageSpec(width=80, depth=1, kernel=3),), resolution=96),
+    "stride_8": _variant(stem_stride=8),
+    "stride_4": _variant(stem_stride=4, resolution=32),
+    "no_global": _variant(stages=tuple(StageSpec(width=s.width, depth=1, global_ratio=0.0, local_ratio=0.5) for s in TINY.stages)),
+    "no_local": _variant(stages=tuple(StageSpec(width=s.width, depth=1, global_ratio=0.5, local_ratio=0.0) for s in TINY.stages)),
+    "all_global": _variant(stages=tuple(StageSpec(width=s.width, depth=1, global_ratio=1.0, local_ratio=1.0) for s in TINY.stages)),
+    "odd_resolution": _variant(resolution=72),
+    "db2_wavelet": _variant(wavelet="db2"),
+    "sym4_wavelet": _variant(wavelet="sym4"),
+    "ffn_ratio_3": _variant(ffn_ratio=3.0, ssm_ratio=1.0),
+    "in_chans_1": _variant(in_chans=1, num_classes=0),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_builds_and_trains(name):
+    spec = VARIANTS[name]
+    model = mmlab.build(spec)
+    x = torch.randn(2, spec.in_chans, spec.resolution, spec.resolution)
+    y = model(x)
+    assert y.shape == (2, spec.num_classes or spec.widths[-1])
+    y.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    assert model.forward_features(x).shape[-1] == spec.stage_resolutions[-1]
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.1
+            m.running_mean = torch.randn(n, generator=g) * 0.1
+            m.running_var = torch.rand(n, generator=g) + 0.5
+
+
+@pytest.mark.parametrize("name", ["tiny", "t2"])
+def test_fuse_matches_unfused(name):
+    spec = PRESETS[name]
+    model = mmlab.build(spec)
+    _randomise_bn(model)
+    model.eval()
+    fused = mmlab.fuse(model)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)) for m in fused.modules())
+    assert not any(isinstance(m, ConvBN) for m in fused.modules())
+    x = torch.randn(2, 3, spec.resolution, spec.resolution)
+    with torch.inference_mode():
+        ref, out = model(x), fused(x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    # The original is untouched unless asked.
+    assert any(isinstance(m, ConvBN) for m in model.modules())
+
+
+def _read_layout() -> list[tuple[str, tuple[int, ...]]]:
+    from tests.conftest import REFERENCE
+
+    rows = []
+    for line in (REFERENCE / "official_t2_state_dict.tsv").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, shape = line.split("\t")[:2]
+        rows.append((name, tuple(int(v) for v in shape.strip("()").split(",") if v.strip())))
+    return rows
+
+
+def test_reference_layout_loads_strictly_and_runs(tmp_path):
+    read_tsv("presets.tsv")  # skips when the reference folder is absent
+    layout = _read_layout()
+    assert len(layout) == 547
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in layout:
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(7)
+        elif name.endswith("running_var"):
+            state[name] = torch.rand(shape, generator=g) + 0.5
+        else:
+            state[name] = torch.randn(shape, generator=g) * 0.02
+    path = tmp_path / "mobilemamba_t2.pth"
+    torch.save({"net": state, "net_E": {k: v + 1 for k, v in state.items()}}, path)
+    spec = get_preset("t2")
+    model = mmlab.load_checkpoint(path, spec).eval()
+    with torch.inference_mode():
+        out = model(torch.randn(1, 3, 192, 192))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+    torch.testing.assert_close(model.stem[0].c.weight, state["patch_embed.0.c.weight"])
+    ema = mmlab.load_checkpoint(path, spec, ema=True)
+    torch.testing.assert_close(ema.head.fc.weight, state["head.l.weight"] + 1)
+    # Exported back, the layout is the authors' exactly.
+    exported = mmlab.to_official_state_dict(model, spec)
+    assert [(k, tuple(v.shape)) for k, v in exported.items()] == layout
+    for k in layout[:5]:
+        torch.testing.assert_close(exported[k[0]], state[k[0]])
+
+
+def test_checkpoint_errors():
+    spec = get_preset("t2")
+    state = mmlab.to_official_state_dict(mmlab.build(spec), spec)
+    del state["head.l.bias"]
+    with pytest.raises(ValueError, match="1 missing keys"):
+        mmlab.load_checkpoint(state, spec)
+    with pytest.raises(ValueError, match="no official layout"):
+        mmlab.to_official_state_dict(mmlab.build(TINY.replace(stages=TINY.stages[:2])), TINY.replace(stages=TINY.stages[:2]))
+
+
+def test_native_state_dict_round_trip(tmp_path):
+    model = mmlab.build(TINY)
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
+    loaded = mmlab.load_checkpoint(tmp_path / "tiny.pth", TINY)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
