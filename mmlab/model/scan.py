@@ -11,10 +11,17 @@ B and C are shared by the Di channels of one scan direction ("group" k). All ari
 
 The two agree to 1e-5 relative, norm-wise (``max|fast - ref| / max|ref|``), on the output and on
 the gradient with respect to every input; ``tests/test_scan.py`` checks it.
+
+On CUDA there is a third, forward-only path, :func:`selective_scan_triton`: one Triton kernel
+that reads u, Δ, B, C once and writes y once (the chunked scan's ~10 full-size intermediates and
+~3·√L launches are what make it slow on a GPU). :func:`triton_scan_applies` says when a caller
+may use it (CUDA inputs, float32 compute, no gradient wanted); everything else, CPU and GPU
+training included, keeps :func:`selective_scan_fast`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -185,3 +192,175 @@ def selective_scan_fast(
         y = torch.addcmul(y, u_c[:, :, :, 0], D.to(dtype).reshape(groups, per_group, 1, 1))
     y = y.transpose(-1, -2).reshape(batch, channels, n_chunks * t_len)  # (batch, K*Di, T·chunks)
     return y[..., :length]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: a forward-only Triton kernel
+# ---------------------------------------------------------------------------------------------
+
+try:  # CPU-only torch builds come without triton: the CUDA path is then off
+    import triton
+    import triton.language as tl
+except Exception:  # noqa: BLE001 - any import failure just disables the kernel
+    triton = None
+
+
+def triton_scan_applies(*tensors: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether :func:`selective_scan_triton` may stand in for the autograd path on these inputs.
+
+    True when triton is installed, the first tensor (``u``) is on CUDA, the compute dtype is
+    float32, and no gradient is wanted (grad mode off, or no input requires grad): the kernel
+    has no backward, so training goes through :func:`selective_scan_fast` as before.
+    """
+    u = tensors[0]
+    if not (triton is not None and u is not None and u.is_cuda and dtype == torch.float32):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+if triton is not None:  # pragma: no branch - kernel bodies run under Triton (GPU, or TRITON_INTERPRET=1)
+
+    @triton.jit
+    def _combine(a_left, b_left, a_right, b_right):
+        # Composition of h -> a·h + b maps, left one first: h -> a_r·(a_l·h + b_l) + b_r.
+        return a_left * a_right, b_left * a_right + b_right
+
+    @triton.jit
+    def _scan_fwd_kernel(
+        u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr,
+        length, per_group, groups,
+        su_b, su_d, su_l, sd_b, sd_d, sd_l, sa_d, sa_n,
+        sb_b, sb_k, sb_n, sb_l, sc_b, sc_k, sc_n, sc_l, sy_b, sy_d, sy_l,
+        N_STATE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ):
+        # Program (batch·K + k, channel block): BLOCK_D channels of one group k, so that B and C
+        # (shared by the group) are loaded once per tile. It walks L in tiles of BLOCK_L, scans
+        # each tile with an associative scan over (decay, drive) pairs and carries the state.
+        pid_bk, pid_d = tl.program_id(0), tl.program_id(1)
+        b, k = (pid_bk // groups).to(tl.int64), pid_bk % groups  # int64: batch offsets may pass 2^31
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < per_group
+        chan = k * per_group + offs_d  # (BLOCK_D,) channel indices in K*Di
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N_STATE
+        a = tl.load(a_ptr + chan[:, None] * sa_d + offs_n[None, :] * sa_n,
+                    mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_D:
+            skip = tl.load(d_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+        last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # state entering the tile
+        for l0 in range(0, length, BLOCK_L):
+            offs_l = l0 + tl.arange(0, BLOCK_L)
+            mask_l = offs_l < length
+            mask_dl = mask_d[:, None] & mask_l[None, :]
+            u = tl.load(u_ptr + b * su_b + chan[:, None] * su_d + offs_l[None, :] * su_l,
+                        mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_L)
+            dt = tl.load(delta_ptr + b * sd_b + chan[:, None] * sd_d + offs_l[None, :] * sd_l,
+                         mask=mask_dl, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias[:, None]
+            if SOFTPLUS:
+                # softplus with torch's threshold 20; log1p(z) = log(w)·z/(w-1), w = 1+z (accurate for small z)
+                z = tl.exp(tl.minimum(dt, 20.0))
+                w = 1.0 + z
+                log1p = tl.where(w == 1.0, z, tl.log(w) * (z / tl.where(w == 1.0, 1.0, w - 1.0)))
+                dt = tl.where(dt > 20.0, dt, log1p)
+            dt = tl.where(mask_dl, dt, 0.0)  # padding: decay 1, drive 0, so the state is kept
+            mask_nl = mask_n[:, None] & mask_l[None, :]
+            bt = tl.load(b_ptr + b * sb_b + k * sb_k + offs_n[:, None] * sb_n + offs_l[None, :] * sb_l,
+                         mask=mask_nl, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_L)
+            ct = tl.load(c_ptr + b * sc_b + k * sc_k + offs_n[:, None] * sc_n + offs_l[None, :] * sc_l,
+                         mask=mask_nl, other=0.0).to(tl.float32)
+            decay = tl.exp(dt[:, None, :] * a[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
+            drive = (dt * u)[:, None, :] * bt[None, :, :]  # (BLOCK_D, BLOCK_N, BLOCK_L)
+            decay_cum, h_zero = tl.associative_scan((decay, drive), 2, _combine)  # from a zero state
+            hs = h_zero + decay_cum * h[:, :, None]  # (BLOCK_D, BLOCK_N, BLOCK_L), from the carried state
+            y = tl.sum(hs * ct[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+            if HAS_D:
+                y = y + skip[:, None] * u
+            tl.store(y_ptr + b * sy_b + chan[:, None] * sy_d + offs_l[None, :] * sy_l, y, mask=mask_dl)
+            h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # state after the tile's last (maybe padded) position
+
+
+def _launch_triton(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
+) -> torch.Tensor:
+    """Run the kernel; any strides are fine (B, C arrive as views of the x projection)."""
+    batch, channels, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    per_group = channels // groups
+    y = torch.empty(batch, channels, length, device=u.device, dtype=torch.float32)  # (batch, K*Di, L)
+    if y.numel() == 0:
+        return y
+    # Tiles of <= 512 (channel, state, position) elements on 4 warps: <= 4 per thread keeps the
+    # kernel near 60-80 registers (8 per thread needs 140+, sm_90 ptxas), i.e. high occupancy.
+    block_n = _next_pow2(n_state)
+    block_l = min(128, _next_pow2(length), max(16, 512 // block_n))
+    block_d = max(1, min(_next_pow2(per_group), 512 // (block_l * block_n)))
+    grid = (batch * groups, -(-per_group // block_d))
+    dummy = u  # never read when HAS_D / HAS_BIAS is off
+    # Triton launches on the current device: switch only if u lives on another one.
+    other_device = u.is_cuda and u.device.index is not None and u.device.index != torch.cuda.current_device()
+    with torch.cuda.device(u.device) if other_device else contextlib.nullcontext():
+        _scan_fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy, y,
+            length, per_group, groups,
+            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *y.stride(),
+            N_STATE=n_state, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l,
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            num_warps=max(1, min(4, block_d * block_n * block_l // 128)),
+        )
+    return y
+
+
+def _next_pow2(n: int) -> int:
+    """Smallest power of two >= n (and >= 1)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+@torch.library.custom_op("mmlab::selective_scan_fwd", mutates_args=())
+def _selective_scan_fwd_op(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
+) -> torch.Tensor:
+    """The kernel as an opaque op, so that ``torch.compile`` keeps it whole (no graph break)."""
+    return _launch_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+@_selective_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus):  # noqa: ANN001, ANN202
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Forward-only selective scan in one Triton kernel: :func:`selective_scan_ref`'s result.
+
+    Same arguments and shapes as :func:`selective_scan_ref`; inputs may be float16 / bfloat16 /
+    float32 with any strides, arithmetic and output are float32. One program per
+    (batch, group, block of channels) walks L in tiles of up to 128 positions: a parallel
+    (associative) scan inside each tile, the state carried from tile to tile. No autograd
+    (outputs carry no graph): use it through :func:`triton_scan_applies`. Needs CUDA tensors,
+    or CPU tensors with ``TRITON_INTERPRET=1`` set before this module is imported (tests).
+    """
+    _check_shapes(u, delta, A, B, C)
+    if dtype != torch.float32:
+        raise ValueError(f"selective_scan_triton computes in float32 only, got dtype={dtype}")
+    if triton is None:
+        raise RuntimeError("selective_scan_triton needs triton, which is not importable here")
+    if torch.compiler.is_compiling():
+        return _selective_scan_fwd_op(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return _launch_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)

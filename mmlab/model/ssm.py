@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmlab.model.layers import ConvBN, LayerNorm2d
-from mmlab.model.scan import selective_scan_fast, selective_scan_ref
+from mmlab.model.scan import selective_scan_fast, selective_scan_ref, selective_scan_triton, triton_scan_applies
 
 DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
 
@@ -108,7 +108,9 @@ class SS2D(nn.Module):
         self.in_proj = ConvBN(dim, 2 * d_inner)
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, 1, 1, groups=d_inner, bias=True)
         self.out_proj = ConvBN(d_inner, dim)
-        self.scan_impl = "fast"  # "ref" runs the readable reference (tests, debugging)
+        # "fast": the Triton kernel on CUDA without autograd, else the chunked autograd path;
+        # "chunked": always the chunked path; "ref": the readable reference (tests, debugging).
+        self.scan_impl = "fast"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -124,7 +126,9 @@ class SS2D(nn.Module):
         dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 for fp16 / bf16 / fp32, fp64 kept
         A, D, dt_bias = -torch.exp(self.A_logs.to(dtype)), self.Ds.to(dtype), self.dt_projs_bias.reshape(-1).to(dtype)
         args = (xs, dts, A, bs, cs, D, dt_bias)
-        if self.scan_impl == "fast":
+        if self.scan_impl == "fast" and triton_scan_applies(*args, dtype=dtype):
+            y = selective_scan_triton(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)  # (B, K*Di, L), fp32
+        elif self.scan_impl in ("fast", "chunked"):
             y = SelectiveScan.apply(*args)  # (B, K*Di, L), in dtype
         else:
             y = selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
