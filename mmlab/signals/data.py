@@ -7,6 +7,8 @@ image is a float32 ``(3, R, R)`` tensor normalised with the ImageNet mean/std an
 
 * ``digits`` (the default): scikit-learn's handwritten digits, shipped inside scikit-learn.
 * ``synthetic[:n=N,classes=K]``: seeded, procedurally generated gratings, for tests and smoke runs.
+* ``fashion-mnist[:PATH]``: Zalando's Fashion-MNIST (60k train / 10k test, 28×28 grey, 10 classes,
+  MIT licence), read from the standard idx files; harder than digits, so architectures differ.
 * ``imagefolder:PATH``: a class-per-folder tree of image files on disk.
 
 ``digits`` and ``synthetic`` are preprocessed once into uint8 tensors (normalised per item on
@@ -15,7 +17,10 @@ access); ``imagefolder`` decodes lazily, after checking every chosen file up fro
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,7 +84,43 @@ class Dataset:
 
 def dataset_names() -> list[str]:
     """The source forms :func:`load_dataset` accepts, for help text."""
-    return ["digits", "synthetic[:n=N,classes=K]", "imagefolder:PATH"]
+    return ["digits", "synthetic[:n=N,classes=K]", "fashion-mnist[:PATH]", "imagefolder:PATH"]
+
+
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package puts the files."""
+
+
+def fashion_mnist_folder(path: str = "") -> Path:
+    """The folder holding the four Fashion-MNIST idx files: ``path`` if given, else
+    ``$MMLAB_DATA/fashion-mnist``, else Debian's location; ``ValueError`` saying how to get them."""
+    candidates = [Path(path).expanduser()] if path else [
+        *([Path(os.environ["MMLAB_DATA"]) / "fashion-mnist"] if os.environ.get("MMLAB_DATA") else []), FASHION_DEBIAN]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in FASHION_FILES.values()):
+            return folder
+    where = " or ".join(str(c) for c in candidates)
+    raise ValueError(f"fashion-mnist: the idx files ({', '.join(FASHION_FILES.values())}) are not in {where}; "
+                     "install them with `apt-get install dataset-fashion-mnist` or give fashion-mnist:PATH")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (optionally gzipped) as a numpy array: uint8 images (N, H, W) or labels (N,)."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {data.size} values for shape {shape}")
+    return data.reshape(shape)
 
 
 def check_source(source: str) -> None:
@@ -93,6 +134,9 @@ def check_source(source: str) -> None:
         return
     if kind == "synthetic":
         _parse_synthetic(rest)
+        return
+    if kind == "fashion-mnist":
+        fashion_mnist_folder(rest)
         return
     if kind == "imagefolder" and sep:
         if not rest:
@@ -160,6 +204,8 @@ def load_dataset(
     if kind == "synthetic":
         n, classes = _parse_synthetic(rest)
         return _load_synthetic(n, classes, resolution, seed, max_per_class, val_fraction)
+    if kind == "fashion-mnist":
+        return _load_fashion(fashion_mnist_folder(rest), resolution, seed, max_per_class)
     if kind == "imagefolder" and sep:
         if not rest:
             raise ValueError("imagefolder: no path given; use imagefolder:PATH")
@@ -192,6 +238,46 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+class Batches:
+    """Batches of a split as ``(images float32 (B, 3, R, R), labels int64 (B,))`` on ``device``.
+
+    An in-memory split (digits, synthetic, fashion-mnist) is indexed as one uint8 tensor kept on
+    the device and normalised a batch at a time: no per-item Python, which dominates a short
+    training run otherwise. Any other split goes through a ``DataLoader``. Shuffled orders are
+    ``torch.randperm`` draws from a generator seeded once, one per epoch, as ``DataLoader`` does.
+    """
+
+    def __init__(self, ds: TorchDataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 device: str | torch.device = "cpu") -> None:
+        self.ds, self.batch_size, self.shuffle, self.drop_last = ds, batch_size, shuffle, drop_last
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        if isinstance(ds, _Tensors):
+            self.images = ds.images.to(self.device)  # (N, C, R, R) uint8
+            self.labels = ds.labels.to(self.device)
+            self.mean, self.std = _MEAN.to(self.device), _STD.to(self.device)
+        else:
+            self.loader = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                                     generator=self.generator)
+
+    def __len__(self) -> int:
+        n = len(self.ds)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        if not isinstance(self.ds, _Tensors):
+            for images, labels in self.loader:
+                yield images.to(self.device), labels.to(self.device)
+            return
+        n = len(self.ds)
+        order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
+        for i in range(len(self)):
+            index = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            idx = order[index] if order is not None else index
+            grey = self.images[idx].float().div_(255)  # (B, C, R, R), C = 1 or 3
+            yield (grey.expand(-1, 3, -1, -1) - self.mean) / self.std, self.labels[idx]
 
 
 class _Tensors(TorchDataset):
@@ -305,6 +391,31 @@ def _load_digits(resolution: int, seed: int, max_per_class: int | None, val_frac
         num_classes=10,
         train=_Tensors(_resize(grey[train], resolution), labels[train]),
         val=_Tensors(_resize(grey[val], resolution), labels[val]),
+        resolution=resolution,
+    )
+
+
+def _load_fashion(folder: Path, resolution: int, seed: int, max_per_class: int | None) -> Dataset:
+    """Official train split (capped at ``max_per_class`` per class, seeded) and the whole 10k test split."""
+    labels = torch.from_numpy(read_idx(folder / FASHION_FILES["train_labels"]).astype(np.int64))
+    test_labels = torch.from_numpy(read_idx(folder / FASHION_FILES["test_labels"]).astype(np.int64))
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels.numpy() == k) for k in range(10)]
+    keep = np.sort(np.concatenate([rng.permutation(g)[:max_per_class] for g in groups]))
+    train = torch.from_numpy(read_idx(folder / FASHION_FILES["train_images"])[keep].copy())  # (N, 28, 28) uint8
+    test = torch.from_numpy(read_idx(folder / FASHION_FILES["test_images"]).copy())  # (10000, 28, 28) uint8
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:  # (N, 28, 28) uint8 -> (N, 1, R, R) uint8
+        grey = images.unsqueeze(1)
+        if resolution == grey.shape[-1]:
+            return grey
+        return _resize(grey.float().div_(255), resolution)
+
+    return Dataset(
+        name="fashion-mnist",
+        num_classes=10,
+        train=_Tensors(prepare(train), labels[torch.from_numpy(keep)]),
+        val=_Tensors(prepare(test), test_labels),
         resolution=resolution,
     )
 

@@ -24,11 +24,16 @@ The proxies run on a copy of the model, so its BatchNorm statistics and gradient
 untouched, and with stochastic depth off, so that the number describes the architecture and not
 the draw of dropped blocks.
 
-Caveat for the gradient proxies (grad_norm, snip, zico): at MobileMamba's reference
-initialisation every block branch ends in a BatchNorm with γ = 0, so every weight inside a block
-(FFNs, mixer, SSM, wavelet convs) has an exactly zero gradient; these proxies then see the stem,
-the downsampling and the head only. SynFlow (BatchNorm removed) and NASWOT (activations, which
-are computed whatever γ is) see the blocks.
+At MobileMamba's reference initialisation every block branch ends in a BatchNorm with γ = 0, so
+every weight inside a block (FFNs, mixer, SSM, wavelet convs) has an exactly zero gradient. The
+gradient proxies (grad_norm, snip, zico) and MeCo therefore score a copy whose zero γ are set to 1
+(:func:`unit_gamma`, as AZ-NAS and Zen-NAS do; ``gamma_one=False`` gives the plain score); the
+caller's model is never changed. SynFlow removes BatchNorm altogether and NASWOT reads activation
+patterns, so both see the blocks as they are.
+
+meco          Σ over conv layers of the minimum eigenvalue of the channel-correlation matrix of
+              its feature map on one image (Jiang et al. 2023, "MeCo: Zero-Shot NAS with One
+              Data and Single Forward Pass"), γ = 1 copy, eval-mode BatchNorm
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from torch import nn
 
 from mmlab.model import MobileMamba
 
-__all__ = ["grad_norm", "is_weight", "naswot", "snip", "synflow", "zico"]
+__all__ = ["grad_norm", "is_weight", "meco", "naswot", "snip", "synflow", "unit_gamma", "zico"]
 
 
 # ---- helpers shared by the proxies ---------------------------------------------------------
@@ -69,9 +74,24 @@ def batch_statistics_mode(model: nn.Module) -> nn.Module:
     return model
 
 
-def _train_copy(model: nn.Module) -> nn.Module:
-    """A copy in :func:`_batch_statistics_mode`, so the caller's model keeps its statistics."""
-    return batch_statistics_mode(copy.deepcopy(model))
+def unit_gamma(model: nn.Module) -> nn.Module:
+    """Set every BatchNorm γ that is exactly zero to 1, in place (what AZ-NAS and Zen-NAS do before
+    scoring): MobileMamba zero-initialises the γ that ends each block branch, which would hide
+    every weight inside the blocks from a gradient."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+                module.weight[module.weight == 0] = 1.0
+    return model
+
+
+def _train_copy(model: nn.Module, gamma_one: bool = False) -> nn.Module:
+    """A copy in :func:`batch_statistics_mode` (γ = 1 where zero if ``gamma_one``); the caller's
+    model keeps its statistics and its γ."""
+    net = copy.deepcopy(model)
+    if gamma_one:
+        unit_gamma(net)
+    return batch_statistics_mode(net)
 
 
 def _check_batch(images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -242,7 +262,7 @@ def naswot(model: nn.Module, images: torch.Tensor) -> float:
 # ---- gradient proxies -------------------------------------------------------------------------
 
 
-def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, gamma_one: bool = True) -> float:
     """Gradient norm (Abdelfattah et al. 2021, "Zero-Cost Proxies for Lightweight NAS").
 
     Σ over weight tensors of ‖∂CE/∂θ‖₂ on one batch, train mode (BatchNorm on batch statistics).
@@ -253,12 +273,12 @@ def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
         labels: (B,) class indices.
     """
     _check_batch(images, labels)
-    net = _train_copy(model)
+    net = _train_copy(model, gamma_one)
     grads = _gradients(net, _weights(net), images, labels)
     return float(sum(g.double().norm() for g in grads))
 
 
-def snip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def snip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, gamma_one: bool = True) -> float:
     """SNIP saliency (Lee et al. 2019, "SNIP: Single-shot Network Pruning based on Connection
     Sensitivity"), summed as a zero-cost proxy (Abdelfattah et al. 2021).
 
@@ -270,13 +290,13 @@ def snip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
         labels: (B,) class indices.
     """
     _check_batch(images, labels)
-    net = _train_copy(model)
+    net = _train_copy(model, gamma_one)
     weights = _weights(net)
     grads = _gradients(net, weights, images, labels)
     return float(sum((p.detach().double() * g.double()).abs().sum() for p, g in zip(weights, grads)))
 
 
-def zico(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def zico(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, gamma_one: bool = True) -> float:
     """ZiCo (Li et al. 2023, "ZiCo: Zero-shot NAS via Inverse Coefficient of Variation on Gradients").
 
     For each weight tensor ("layer"), with g its per-batch gradients of the CE loss: the sum over
@@ -292,7 +312,7 @@ def zico(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]])
     Raises:
         ValueError: fewer than two batches, or no weight whose gradient varies across them.
     """
-    net = _train_copy(model)
+    net = _train_copy(model, gamma_one)
     weights = _weights(net)
     per_batch: list[list[torch.Tensor]] = []  # [batch][weight] flattened float64 gradients
     for images, labels in batches:
@@ -312,3 +332,41 @@ def zico(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]])
     if not layers:
         raise ValueError("zico: no weight's gradient varies across the batches, so the score is undefined")
     return total
+
+
+def meco(model: nn.Module, images: torch.Tensor) -> float:
+    """MeCo (Jiang et al. 2023): how decorrelated each layer's channels are, from one image.
+
+    For every ``Conv2d`` whose output has at least two channels and two positions: the Pearson
+    correlation matrix of its channels over positions (C×C, float64, undefined entries of constant
+    channels set to 0), its smallest eigenvalue; the score is the sum over layers. Scored on a
+    γ = 1 copy in eval mode (untrained running statistics: BatchNorm is the identity), on
+    ``images[:1]``.
+
+    Args:
+        model: an untrained network; it is not modified.
+        images: (B, C, H, W); only the first image is used.
+    """
+    if images.dim() != 4 or images.shape[0] < 1:
+        raise ValueError(f"images: shape {tuple(images.shape)} is not allowed; need (B, C, H, W)")
+    net = unit_gamma(copy.deepcopy(model)).eval()
+    values: list[float] = []
+
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        c = output.shape[1]
+        features = output[0].detach().double().reshape(c, -1)  # (C, H*W)
+        if c < 2 or features.shape[1] < 2:
+            return
+        corr = torch.nan_to_num(torch.corrcoef(features), nan=0.0)
+        values.append(float(torch.linalg.eigvalsh(corr)[0]))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net(images[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    if not values:
+        raise ValueError("meco: no conv layer has two channels and two positions")
+    return math.fsum(values)

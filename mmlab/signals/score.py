@@ -17,12 +17,27 @@ from mmlab.signals.registry import check_signal
 from mmlab.signals.train import TRAIN_BATCH, train
 from mmlab.spec.arch import ArchSpec
 
-__all__ = ["DEFAULT_RESOLUTION", "ScoreSettings", "score"]
+__all__ = ["ScoreSettings", "adapt", "data_geometry", "score"]
 
-DEFAULT_RESOLUTION = 64
-"""Image side the data-driven signals adapt a network to: a CPU budget."""
+STAGE1_SIDE = 8
+"""Side of the first stage's feature map in the geometry the data-driven signals use (3 stages or fewer)."""
+STEM_STRIDE = 4
 
-_PROXY_BATCH = {"naswot": 32, "grad_norm": 64, "snip": 64, "zico": 64}
+
+def data_geometry(spec: ArchSpec) -> tuple[int, int]:
+    """(input side, stem stride) at which training and the data-driven proxies see ``spec``.
+
+    At its own resolution a preset's stages run at e.g. 12×12, 6×6, 3×3 (T2: 192 px, stem /16).
+    A CPU cannot train at that size, and shrinking the input alone (64 px, stem /16) leaves
+    4×4, 2×2, 1×1: kernels, wavelets and scans see almost nothing. So the stem's stride is set to
+    4 and the input to 4 × 8 = 32 px: stages at 8×8, 4×4, 2×2, each stage half the side of the
+    one before, the proportions the network has at its own resolution. A 4-stage spec gets 64 px
+    (16×16, 8×8, 4×4, 2×2). Everything after the stem is the spec's own.
+    """
+    side = STAGE1_SIDE if spec.num_stages <= 3 else 2 * STAGE1_SIDE
+    return side * STEM_STRIDE, STEM_STRIDE
+
+_PROXY_BATCH = {"naswot": 32, "grad_norm": 64, "snip": 64, "zico": 64, "meco": 1}
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,9 @@ class ScoreSettings:
 
     Attributes:
         data: data source (see :func:`mmlab.signals.data.dataset_names`).
-        resolution: image side; None: the spec's own for data-free signals, else DEFAULT_RESOLUTION.
+        resolution: image side; None: the spec's own for data-free signals and
+            :func:`data_geometry` (input side and stem stride) for the data-driven ones.
+        max_per_class: training images per class taken from the source (None: all).
         batch_size: None: 32 for naswot, 64 for the other proxies and for training.
         seed: seeds the data split, the network, the batches and training.
         epochs: training epochs (``train`` only).
@@ -40,6 +57,7 @@ class ScoreSettings:
 
     data: str = DEFAULT_DATASET
     resolution: int | None = None
+    max_per_class: int | None = None
     batch_size: int | None = None
     seed: int = 0
     epochs: int = 3
@@ -47,17 +65,24 @@ class ScoreSettings:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(source: str, resolution: int, seed: int) -> Dataset:
-    """Datasets are deterministic in (source, resolution, seed): load each once per process."""
-    return load_dataset(source, resolution, seed=seed)
+def _dataset(source: str, resolution: int, seed: int, max_per_class: int | None) -> Dataset:
+    """Datasets are deterministic in their arguments: load each once per process."""
+    return load_dataset(source, resolution, seed=seed, max_per_class=max_per_class)
+
+
+def adapt(spec: ArchSpec, s: ScoreSettings) -> tuple[ArchSpec, Dataset]:
+    """The spec at the data geometry (or ``s.resolution``) with the data's classes and channels, and the data."""
+    resolution, stem = (s.resolution, spec.stem_stride) if s.resolution else data_geometry(spec)
+    ds = _dataset(s.data, resolution, s.seed, s.max_per_class)
+    return spec.replace(num_classes=ds.num_classes, in_chans=ds.in_chans, resolution=resolution, stem_stride=stem), ds
 
 
 def _data_model(spec: ArchSpec, s: ScoreSettings, signal: str) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The spec adapted to the data (classes, channels, resolution), built under the seed, and its batches."""
-    ds = _dataset(s.data, s.resolution or DEFAULT_RESOLUTION, s.seed)
+    """The adapted spec, built under the seed, and its batches from the train split."""
+    adapted, ds = adapt(spec, s)
     dev = torch.device(s.device)
     torch.manual_seed(s.seed)
-    model = build(spec.replace(num_classes=ds.num_classes, in_chans=ds.in_chans, resolution=ds.resolution)).to(dev)
+    model = build(adapted).to(dev)
     loader = make_loader(ds.train, s.batch_size or _PROXY_BATCH[signal], shuffle=True, seed=s.seed)
     batches = [(images.to(dev), labels.to(dev)) for images, labels in islice(loader, 2 if signal == "zico" else 1)]
     return model, batches
@@ -98,9 +123,14 @@ def score_zico(spec: ArchSpec, s: ScoreSettings) -> float:
     return proxies.zico(model, batches)
 
 
+def score_meco(spec: ArchSpec, s: ScoreSettings) -> float:
+    model, batches = _data_model(spec, s, "meco")
+    return proxies.meco(model, batches[0][0])
+
+
 def score_train(spec: ArchSpec, s: ScoreSettings) -> float:
-    ds = _dataset(s.data, s.resolution or DEFAULT_RESOLUTION, s.seed)
-    return train(spec, ds.train, ds.val, epochs=s.epochs, batch_size=s.batch_size or TRAIN_BATCH,
+    adapted, ds = adapt(spec, s)
+    return train(adapted, ds.train, ds.val, epochs=s.epochs, batch_size=s.batch_size or TRAIN_BATCH,
                  seed=s.seed, device=s.device, num_classes=ds.num_classes).top1
 
 
@@ -114,12 +144,13 @@ def score(
     seed: int = 0,
     epochs: int = 3,
     device: str = "cpu",
+    max_per_class: int | None = None,
 ) -> float:
     """The accuracy signal ``signal`` of ``spec`` (any name in :data:`mmlab.signals.SIGNALS`).
 
     ``params``, ``macs`` and ``synflow`` need no data and see the network as specified, at
-    ``resolution`` (None: the spec's own). Every other signal loads ``data`` at ``resolution``
-    (None: :data:`DEFAULT_RESOLUTION`) and adapts the spec to it (classes, channels, resolution);
+    ``resolution`` (None: the spec's own). Every other signal sees the spec at
+    :func:`data_geometry` (or ``resolution``) with the data's classes and channels;
     ``train`` runs :func:`mmlab.signals.train.train` and returns the final held-out top-1 (%).
     The data source is checked for every signal, so a typo never passes silently.
 
@@ -132,6 +163,6 @@ def score(
     info = check_signal(str(signal))
     check_device(device)
     settings = ScoreSettings(data=data or DEFAULT_DATASET, resolution=resolution, batch_size=batch_size,
-                             seed=seed, epochs=epochs, device=device)
+                             seed=seed, epochs=epochs, device=device, max_per_class=max_per_class)
     check_source(settings.data)
     return info.load()(spec, settings)

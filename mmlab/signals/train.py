@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from mmlab.meter.devices import check_device
 from mmlab.model import build
+from mmlab.signals.data import Batches
 from mmlab.signals.proxies import batch_statistics_mode, is_weight
 from mmlab.spec.arch import ArchSpec
 
@@ -62,7 +63,7 @@ _PRECISE_BN_IMAGES = 512
 
 
 @torch.no_grad()
-def _recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
+def _recalibrate_batchnorm(model: nn.Module, loader: Batches, device: torch.device) -> None:
     """Re-estimate every BatchNorm's running statistics on up to 512 training images.
 
     PreciseBN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): the running averages are
@@ -87,12 +88,12 @@ def _recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.d
 
 
 @torch.inference_mode()
-def _top1(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+def _top1(model: nn.Module, loader: Batches, device: torch.device) -> float:
     model.eval()
     correct = seen = 0
     for images, labels in loader:
         logits = model(images.to(device))  # (B, classes)
-        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        correct += int((logits.argmax(dim=1) == labels.to(device)).sum())
         seen += len(labels)
     return 100.0 * correct / seen
 
@@ -175,14 +176,9 @@ def train(
     torch.manual_seed(seed)
     model = build(adapted).to(dev)
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
-    loader = DataLoader(
-        train_set, batch_size=min(batch_size, len(train_set)), shuffle=True, drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    calibration = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
-    val_loader = DataLoader(val_set, batch_size=batch_size)
+    loader = Batches(train_set, min(batch_size, len(train_set)), shuffle=True, drop_last=True, seed=seed, device=dev)
+    calibration = Batches(train_set, batch_size, shuffle=True, seed=seed, device=dev)
+    val_loader = Batches(val_set, 4 * batch_size, shuffle=False, device=dev)  # eval mode: batch size is free
     steps = epochs * len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(round(warmup_epochs * len(loader)), steps))
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -192,7 +188,7 @@ def train(
     for epoch in range(epochs):
         model.train()
         for images, labels in loader:
-            loss = criterion(model(images.to(dev)), labels.to(dev))
+            loss = criterion(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

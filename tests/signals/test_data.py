@@ -1,6 +1,8 @@
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -181,4 +183,67 @@ def test_make_loader_rejects_a_bad_batch_size():
 
 
 def test_dataset_names_lists_every_form():
-    assert dataset_names() == ["digits", "synthetic[:n=N,classes=K]", "imagefolder:PATH"]
+    assert dataset_names() == ["digits", "synthetic[:n=N,classes=K]", "fashion-mnist[:PATH]", "imagefolder:PATH"]
+
+
+def _write_idx(path, array):
+    """A gzipped unsigned-byte idx file, as Fashion-MNIST ships them."""
+    import gzip
+    import struct
+
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def _fake_fashion(folder, n_train=40, n_test=20, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte.gz": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": np.arange(n_test) % 10,
+    }
+    for name, array in arrays.items():
+        _write_idx(folder / name, array)
+    return arrays
+
+
+def test_fashion_mnist_reader_on_a_small_idx_file(tmp_path):
+    from mmlab.signals.data import read_idx
+
+    arrays = _fake_fashion(tmp_path / "fm")
+    images = read_idx(tmp_path / "fm" / "train-images-idx3-ubyte.gz")
+    assert images.shape == (40, 28, 28) and (images == arrays["train-images-idx3-ubyte.gz"]).all()
+    ds = load_dataset(f"fashion-mnist:{tmp_path / 'fm'}", 28, seed=0, max_per_class=2)
+    assert (ds.num_classes, len(ds.train), len(ds.val)) == (10, 20, 20)  # train capped per class, test whole
+    image, label = ds.val[3]
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte.gz"][3]).float() / 255  # 28 px: no resize
+    assert label == 3 and torch.allclose(image[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0], expected, atol=1e-6)
+
+
+def test_fashion_mnist_locations_and_errors(tmp_path, monkeypatch):
+    from mmlab.signals.data import check_source
+
+    _fake_fashion(tmp_path / "data" / "fashion-mnist")
+    monkeypatch.setenv("MMLAB_DATA", str(tmp_path / "data"))
+    assert load_dataset("fashion-mnist", 16, seed=0).name == "fashion-mnist"  # found under $MMLAB_DATA
+    with pytest.raises(ValueError, match=r"fashion-mnist: the idx files .* not in /nonexistent; install them with `apt-get install dataset-fashion-mnist`"):
+        check_source("fashion-mnist:/nonexistent")
+    (tmp_path / "bad").mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / "bad" / name).write_bytes(b"\x1f\x8b")  # not even gzip
+    with pytest.raises(Exception):
+        load_dataset(f"fashion-mnist:{tmp_path / 'bad'}", 16)
+
+
+def test_batches_match_per_item_access():
+    from mmlab.signals.data import Batches
+
+    ds = load_dataset("synthetic:n=40,classes=4", 16, seed=0)
+    images, labels = next(iter(Batches(ds.train, 8, shuffle=False)))
+    assert torch.allclose(images, torch.stack([ds.train[i][0] for i in range(8)]), atol=1e-6)
+    assert labels.tolist() == [ds.train[i][1] for i in range(8)]
+    a = [y.tolist() for _, y in Batches(ds.train, 8, shuffle=True, seed=3)]
+    b = [y.tolist() for _, y in Batches(ds.train, 8, shuffle=True, seed=3)]
+    assert a == b and sorted(sum(a, [])) == sorted(int(ds.train[i][1]) for i in range(len(ds.train)))

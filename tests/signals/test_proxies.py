@@ -12,7 +12,7 @@ from mmlab.meter.macs import count
 from mmlab.signals.data import load_dataset
 from mmlab.signals.proxies import grad_norm, naswot, snip, synflow, zico
 from mmlab.signals.registry import SIGNALS, check_signal
-from mmlab.signals.score import score
+from mmlab.signals.score import ScoreSettings, adapt, score
 from mmlab.signals.train import train
 
 TINY = mmlab.get_preset("tiny")
@@ -59,7 +59,7 @@ def easy(n: int, classes: int = 3, res: int = 32, seed: int = 0) -> TensorDatase
 
 
 def test_signal_registry():
-    assert list(SIGNALS) == ["synflow", "naswot", "grad_norm", "snip", "zico", "params", "macs", "train"]
+    assert list(SIGNALS) == ["synflow", "naswot", "grad_norm", "snip", "zico", "meco", "params", "macs", "train"]
     assert all(callable(info.load()) for info in SIGNALS.values())  # every entry resolves to a function
     assert {n for n, i in SIGNALS.items() if i.kind == "baseline"} == {"params", "macs"}
     with pytest.raises(ValueError, match="signal: 'nope'.*synflow"):
@@ -179,9 +179,10 @@ def test_train_arguments():
 
 def test_score_train_uses_the_data_source():
     top1 = score(TINY, "train", data="synthetic:n=60,classes=3", epochs=1, batch_size=16)
-    ds = load_dataset("synthetic:n=60,classes=3", 64, seed=0)
-    direct = train(TINY, ds.train, ds.val, epochs=1, batch_size=16, num_classes=ds.num_classes)
-    assert top1 == direct.top1  # the same data, split and seed: the same run
+    adapted, ds = adapt(TINY, ScoreSettings(data="synthetic:n=60,classes=3"))
+    assert (adapted.resolution, adapted.stem_stride, adapted.num_classes) == (32, 4, 3)  # stages at 8, 4, 2
+    direct = train(adapted, ds.train, ds.val, epochs=1, batch_size=16, num_classes=ds.num_classes)
+    assert top1 == direct.top1  # the same data, geometry, split and seed: the same run
 
 
 @pytest.mark.parametrize("signal", list(SIGNALS))
@@ -196,3 +197,25 @@ def test_train_on_cuda():
         pytest.skip("no CUDA device")
     result = train(TINY, easy(96), easy(48, seed=1), epochs=2, batch_size=16, device="cuda")
     assert result.top1 > 80
+
+
+@pytest.mark.parametrize("proxy", ["grad_norm", "snip", "zico", "meco"])
+def test_unit_gamma_reaches_the_scored_copy_only(proxy, monkeypatch):
+    model = mmlab.build(TINY)
+    zero = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and (m.weight == 0).all()]
+    assert zero  # MobileMamba zero-initialises the γ that ends each branch
+    seen = []
+    real = proxies.unit_gamma
+    monkeypatch.setattr(proxies, "unit_gamma", lambda net: seen.append(real(net)) or seen[-1])
+    x, y = batch(4)
+    args = {"grad_norm": (x, y), "snip": (x, y), "zico": ([batch(4), batch(4, seed=1)],), "meco": (x,)}[proxy]
+    getattr(proxies, proxy)(model, *args)
+    scored = seen[-1]
+    assert scored is not model
+    assert not any((m.weight == 0).any() for m in scored.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all((w == 0).all() for w in zero)  # the caller's model keeps its zero γ
+
+
+def test_unit_gamma_changes_what_gradient_proxies_see():
+    model, (x, y) = mmlab.build(TINY), batch(4)
+    assert grad_norm(model, x, y) > grad_norm(model, x, y, gamma_one=False)  # block weights now get gradients
