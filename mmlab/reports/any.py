@@ -9,12 +9,13 @@ from mmlab.reports.grid import write_grid_report
 from mmlab.reports.proxy_check import write_proxy_report
 from mmlab.reports.search import write_search_report
 from mmlab.study.grid import GRID_FILE
+from mmlab.study.proxy_check import SETTINGS_FILE
 from mmlab.study.storage import STUDY_FILE
 
 WRITERS: dict[str, Callable[[Path], dict[str, Path]]] = {
     STUDY_FILE: write_search_report,
     GRID_FILE: write_grid_report,
-    "rows.jsonl": write_proxy_report,  # a proxy check's folder holds only its rows
+    SETTINGS_FILE: write_proxy_report,
 }
 """The file that marks a folder's kind → the writer of its report (checked in this order)."""
 
@@ -25,5 +26,5 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     for marker, writer in WRITERS.items():
         if (folder / marker).is_file():
             return writer(folder)
-    raise ValueError(f"{folder}: no study.json, grid.json or rows.jsonl here; give a folder written by "
+    raise ValueError(f"{folder}: no study.json, grid.json or check.json here; give a folder written by "
                      "`mmlab search`, `mmlab ablate` or `mmlab proxy-check`")

@@ -50,6 +50,7 @@ SIGNALS: dict[str, SignalInfo] = {s.name: s for s in (
     SignalInfo("snip", "proxy", "Σ |θ·∂CE/∂θ| over weights, one batch", True, f"{_SCORE}:score_snip"),
     SignalInfo("zico", "proxy", "Σ log Σ mean|g|/std(g) over weight tensors, two batches", True, f"{_SCORE}:score_zico"),
     SignalInfo("meco", "proxy", "Σ min eigenvalue of each conv layer's channel correlation, one image", True, f"{_SCORE}:score_meco"),
+    SignalInfo("ensemble", "proxy", "Σ log quantile of naswot, snip, zico, meco against a fixed sample of the space", True, f"{_SCORE}:score_ensemble"),
     SignalInfo("params", "baseline", "all parameters", False, f"{_SCORE}:score_params"),
     SignalInfo("macs", "baseline", "complete MAC count", False, f"{_SCORE}:score_macs"),
     SignalInfo("train", "training", "held-out top-1 (%) after a short training run", True, f"{_SCORE}:score_train"),

@@ -13,7 +13,8 @@ from mmlab.meter.macs import count
 from mmlab.model import build
 from mmlab.signals import proxies
 from mmlab.signals.data import DEFAULT_DATASET, Dataset, check_source, load_dataset, make_loader
-from mmlab.signals.registry import check_signal
+from mmlab.signals.ensemble import ENSEMBLE_PROXIES, aggregate, reference_values
+from mmlab.signals.registry import SIGNALS, check_signal
 from mmlab.signals.train import TRAIN_BATCH, train
 from mmlab.spec.arch import ArchSpec
 
@@ -53,6 +54,7 @@ class ScoreSettings:
         seed: seeds the data split, the network, the batches and training.
         epochs: training epochs (``train`` only).
         device: ``cpu`` or ``cuda``.
+        space: the search space whose fixed reference sample ``ensemble`` ranks against.
     """
 
     data: str = DEFAULT_DATASET
@@ -62,6 +64,7 @@ class ScoreSettings:
     seed: int = 0
     epochs: int = 3
     device: str = "cpu"
+    space: str = "default"
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,6 +131,14 @@ def score_meco(spec: ArchSpec, s: ScoreSettings) -> float:
     return proxies.meco(model, batches[0][0])
 
 
+def score_ensemble(spec: ArchSpec, s: ScoreSettings) -> float:
+    """Σ log quantile of each of :data:`ENSEMBLE_PROXIES` against the space's reference sample."""
+    compute = {name: SIGNALS[name].load() for name in ENSEMBLE_PROXIES}
+    parts = {"data": s.data, "seed": s.seed, "resolution": s.resolution, "max_per_class": s.max_per_class}
+    reference = reference_values(s.space, parts, lambda sp, name: compute[name](sp, s))
+    return aggregate({name: compute[name](spec, s) for name in ENSEMBLE_PROXIES}, reference)
+
+
 def score_train(spec: ArchSpec, s: ScoreSettings) -> float:
     adapted, ds = adapt(spec, s)
     return train(adapted, ds.train, ds.val, epochs=s.epochs, batch_size=s.batch_size or TRAIN_BATCH,
@@ -145,6 +156,7 @@ def score(
     epochs: int = 3,
     device: str = "cpu",
     max_per_class: int | None = None,
+    space: str = "default",
 ) -> float:
     """The accuracy signal ``signal`` of ``spec`` (any name in :data:`mmlab.signals.SIGNALS`).
 
@@ -163,6 +175,7 @@ def score(
     info = check_signal(str(signal))
     check_device(device)
     settings = ScoreSettings(data=data or DEFAULT_DATASET, resolution=resolution, batch_size=batch_size,
-                             seed=seed, epochs=epochs, device=device, max_per_class=max_per_class)
+                             seed=seed, epochs=epochs, device=device, max_per_class=max_per_class,
+                             space=space)
     check_source(settings.data)
     return info.load()(spec, settings)

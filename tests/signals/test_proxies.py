@@ -59,7 +59,7 @@ def easy(n: int, classes: int = 3, res: int = 32, seed: int = 0) -> TensorDatase
 
 
 def test_signal_registry():
-    assert list(SIGNALS) == ["synflow", "naswot", "grad_norm", "snip", "zico", "meco", "params", "macs", "train"]
+    assert list(SIGNALS) == ["synflow", "naswot", "grad_norm", "snip", "zico", "meco", "ensemble", "params", "macs", "train"]
     assert all(callable(info.load()) for info in SIGNALS.values())  # every entry resolves to a function
     assert {n for n, i in SIGNALS.items() if i.kind == "baseline"} == {"params", "macs"}
     with pytest.raises(ValueError, match="signal: 'nope'.*synflow"):
@@ -219,3 +219,18 @@ def test_unit_gamma_reaches_the_scored_copy_only(proxy, monkeypatch):
 def test_unit_gamma_changes_what_gradient_proxies_see():
     model, (x, y) = mmlab.build(TINY), batch(4)
     assert grad_norm(model, x, y) > grad_norm(model, x, y, gamma_one=False)  # block weights now get gradients
+
+
+def test_ensemble_is_order_invariant_and_monotone():
+    from mmlab.signals.ensemble import aggregate, quantile
+
+    reference = {"a": [1.0, 2.0, 3.0, 4.0], "b": [10.0, 20.0, 30.0], "c": [0.5, 0.7]}
+    values = {"a": 2.5, "b": 25.0, "c": 0.6}
+    forward = aggregate(values, reference)
+    backward = aggregate(dict(reversed(list(values.items()))), {k: list(reversed(v)) for k, v in reference.items()})
+    assert forward == backward
+    for name in values:
+        for step in (0.1, 1.0, 100.0):
+            assert aggregate({**values, name: values[name] + step}, reference) >= forward
+    assert aggregate({**values, "a": 5.0}, reference) > forward  # strictly, once it passes a reference value
+    assert 0 < quantile(-1e9, [1.0, 2.0]) < quantile(1.5, [1.0, 2.0]) < quantile(1e9, [1.0, 2.0]) < 1
