@@ -36,9 +36,9 @@ from torch.utils.data import Dataset as TorchDataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-__all__ = ["DEFAULT_DATASET", "Dataset", "dataset_names", "load_dataset", "make_loader"]
+from mmlab.signals.registry import DEFAULT_DATASET
 
-DEFAULT_DATASET = "digits"
+__all__ = ["DEFAULT_DATASET", "Dataset", "dataset_names", "load_dataset", "make_loader"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

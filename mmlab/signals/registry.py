@@ -11,10 +11,38 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from mmlab.signals.score import ScoreSettings
     from mmlab.spec.arch import ArchSpec
 
 KINDS = ("proxy", "baseline", "training")
+DEFAULT_DATASET = "digits"
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Everything besides the spec that a signal's value depends on (its provenance).
+
+    Attributes:
+        data: data source (see :func:`mmlab.signals.data.dataset_names`).
+        resolution: image side; None: the spec's own for data-free signals and
+            :func:`data_geometry` (input side and stem stride) for the data-driven ones.
+        max_per_class: training images per class taken from the source (None: all).
+        batch_size: None: 32 for naswot, 64 for the other proxies and for training.
+        seed: seeds the data split, the network, the batches and training.
+        epochs: training epochs (``train`` only).
+        device: ``cpu`` or ``cuda``.
+        space: the search space whose fixed reference sample ``ensemble`` ranks against.
+    """
+
+    data: str = DEFAULT_DATASET
+    resolution: int | None = None
+    max_per_class: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    epochs: int = 3
+    device: str = "cpu"
+    space: str = "default"
+
+
 
 
 @dataclass(frozen=True)
@@ -36,7 +64,7 @@ class SignalInfo:
     uses_data: bool
     entry: str
 
-    def load(self) -> Callable[["ArchSpec", "ScoreSettings"], float]:
+    def load(self) -> Callable[["ArchSpec", ScoreSettings], float]:
         module, _, attr = self.entry.partition(":")
         return getattr(importlib.import_module(module), attr)
 

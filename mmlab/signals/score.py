@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from itertools import islice
 
 import torch
@@ -14,7 +13,7 @@ from mmlab.model import build
 from mmlab.signals import proxies
 from mmlab.signals.data import DEFAULT_DATASET, Dataset, check_source, load_dataset, make_loader
 from mmlab.signals.ensemble import ENSEMBLE_PROXIES, aggregate, reference_values
-from mmlab.signals.registry import SIGNALS, check_signal
+from mmlab.signals.registry import SIGNALS, ScoreSettings, check_signal
 from mmlab.signals.train import TRAIN_BATCH, train
 from mmlab.spec.arch import ArchSpec
 
@@ -39,32 +38,6 @@ def data_geometry(spec: ArchSpec) -> tuple[int, int]:
     return side * STEM_STRIDE, STEM_STRIDE
 
 _PROXY_BATCH = {"naswot": 32, "grad_norm": 64, "snip": 64, "zico": 64, "meco": 1}
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """Everything besides the spec that a signal's value depends on (its provenance).
-
-    Attributes:
-        data: data source (see :func:`mmlab.signals.data.dataset_names`).
-        resolution: image side; None: the spec's own for data-free signals and
-            :func:`data_geometry` (input side and stem stride) for the data-driven ones.
-        max_per_class: training images per class taken from the source (None: all).
-        batch_size: None: 32 for naswot, 64 for the other proxies and for training.
-        seed: seeds the data split, the network, the batches and training.
-        epochs: training epochs (``train`` only).
-        device: ``cpu`` or ``cuda``.
-        space: the search space whose fixed reference sample ``ensemble`` ranks against.
-    """
-
-    data: str = DEFAULT_DATASET
-    resolution: int | None = None
-    max_per_class: int | None = None
-    batch_size: int | None = None
-    seed: int = 0
-    epochs: int = 3
-    device: str = "cpu"
-    space: str = "default"
 
 
 @functools.lru_cache(maxsize=4)
