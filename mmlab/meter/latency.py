@@ -1,12 +1,16 @@
-"""Wall-clock timing of a model's forward pass: CPU latency, CUDA latency and throughput."""
+"""Wall-clock timing of a model's forward pass: CPU latency, CUDA latency and throughput, and the
+interleaved comparison of several networks in one run (:func:`time_interleaved`)."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 
@@ -89,3 +93,159 @@ def cuda_graph(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Te
         return out
 
     return replay
+
+
+# ---- interleaved comparison ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ratio:
+    """How much slower one network is than the base: the median over rounds of (variant / base),
+    with a bootstrap interval.
+
+    Attributes:
+        ratio: median of the per-round ratios variant time / base time.
+        low, high: the bootstrap percentile interval of that median.
+        rounds: how many rounds (paired samples) it rests on.
+        level: the interval's coverage (0.95: a 95% interval).
+    """
+
+    ratio: float
+    low: float
+    high: float
+    rounds: int
+    level: float = 0.95
+
+    @property
+    def measurable(self) -> bool:
+        """False when the interval contains 1 (a change of 0 %): no measurable difference."""
+        return not self.low <= 1.0 <= self.high
+
+    @property
+    def pct(self) -> tuple[float, float, float]:
+        """The change and its interval in percent of the base: ``(delta, low, high)``."""
+        return 100.0 * (self.ratio - 1.0), 100.0 * (self.low - 1.0), 100.0 * (self.high - 1.0)
+
+
+def ratio_interval(base_ms: Sequence[float], variant_ms: Sequence[float], *, level: float = 0.95,
+                   resamples: int = 4000, seed: int = 0) -> Ratio:
+    """Median per-round ratio ``variant / base`` and its percentile-bootstrap interval.
+
+    The two sequences are paired by round (sample ``k`` of each was taken in the same round), so
+    whatever load the machine had during a round divides out. Rounds are resampled with
+    replacement ``resamples`` times (seeded: the same samples always give the same interval).
+    """
+    base, variant = np.asarray(base_ms, dtype=float), np.asarray(variant_ms, dtype=float)
+    if base.shape != variant.shape or base.ndim != 1 or base.size == 0:
+        raise ValueError(f"ratio_interval: need two equally long, non-empty sequences; got {base.shape} and {variant.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level: {level!r} is not allowed; must be between 0 and 1")
+    ratios = variant / base
+    picks = np.random.default_rng(seed).integers(0, ratios.size, size=(resamples, ratios.size))
+    medians = np.median(ratios[picks], axis=1)
+    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return Ratio(float(np.median(ratios)), float(low), float(high), int(ratios.size), level)
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """What :func:`time_interleaved` measured.
+
+    Attributes:
+        samples_ms: per function, per round: the per-call time of that function's block in that
+            round (median of the block's calls), in milliseconds.
+        block_runs: calls per block, per function.
+        ratios: each function after the first against the first (the base).
+        seconds: wall time of the whole comparison, warm-up included.
+    """
+
+    samples_ms: tuple[tuple[float, ...], ...]
+    block_runs: tuple[int, ...]
+    ratios: tuple[Ratio, ...]
+    seconds: float
+
+    @property
+    def rounds(self) -> int:
+        return len(self.samples_ms[0])
+
+    def timing(self, index: int) -> Timing:
+        """Function ``index``'s per-round samples as a :class:`Timing`."""
+        return Timing.of(list(self.samples_ms[index]))
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]], *, rounds: int = 200, min_rounds: int = 10, max_time_s: float = 60.0,
+    warmup_s: float = 0.5, block_ms: float = 1.0, level: float = 0.95, seed: int = 0,
+    sync: Callable[[], object] | None = None,
+) -> Interleaved:
+    """Time several functions against the first, interleaved in the same run.
+
+    Timing networks one after another, minutes apart, turns a change in the machine's load into
+    a difference between networks. Here every round runs one block of each function, in a fresh
+    random order (seeded), so all of them see the same conditions and no one always runs right
+    after another; the ratio to the base is taken within each round and summarised by its median
+    over rounds with a bootstrap interval (:func:`ratio_interval`).
+
+    Warm-up calls every function in turn for ``warmup_s`` (at least three calls each) and sizes
+    each function's block to about ``block_ms`` (at least one call): with the default, any network
+    slower than half a millisecond runs one call per block, A, B, A, B..., because the load on a
+    shared machine changes within tens of milliseconds and only a short alternation sees it alike
+    for all (two builds of one network measured 1.5 s this way, 40 times on a busy 2-core machine:
+    every median ratio within 1 % of 1, where blocks of 20 ms gave ratios up to 8 % off).
+    Rounds stop after ``rounds``, or once ``max_time_s`` has passed (warm-up excluded) and at
+    least ``min_rounds`` are done.
+
+    Args:
+        fns: the base first, then the variants; each call runs one forward pass.
+        rounds: most rounds.
+        min_rounds: fewest rounds, whatever the time cap.
+        max_time_s: time cap in seconds for the rounds.
+        warmup_s: warm-up time in seconds.
+        block_ms: target duration of one block (several calls of a very short function make one sample).
+        level: the intervals' coverage.
+        seed: seeds the block order and the bootstrap.
+        sync: called after each call before reading the clock (``torch.cuda.synchronize`` on CUDA).
+    """
+    if len(fns) < 2:
+        raise ValueError(f"fns: {len(fns)} functions given; need the base and at least one variant")
+    if not 1 <= min_rounds <= rounds:
+        raise ValueError(f"rounds: need 1 <= min_rounds ({min_rounds}) <= rounds ({rounds})")
+    sync = sync or (lambda: None)
+    started = time.perf_counter()
+    last = [0.0] * len(fns)
+    calls = 0
+    while calls < 3 or time.perf_counter() - started < warmup_s:
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            last[i] = (time.perf_counter() - t0) * 1e3
+        calls += 1
+    block_runs = tuple(max(1, round(block_ms / max(ms, 1e-6))) for ms in last)
+    order = list(range(len(fns)))
+    shuffle = random.Random(seed).shuffle
+    samples: list[list[float]] = [[] for _ in fns]
+    rounds_started = time.perf_counter()
+    for done in range(1, rounds + 1):
+        shuffle(order)
+        for i in order:
+            block = []
+            for _ in range(block_runs[i]):
+                t0 = time.perf_counter()
+                fns[i]()
+                sync()
+                block.append((time.perf_counter() - t0) * 1e3)
+            samples[i].append(statistics.median(block))
+        if done >= min_rounds and time.perf_counter() - rounds_started >= max_time_s:
+            break
+    ratios = tuple(ratio_interval(samples[0], s, level=level, seed=seed) for s in samples[1:])
+    return Interleaved(tuple(map(tuple, samples)), block_runs, ratios, time.perf_counter() - started)
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Run the body with ``threads`` intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
