@@ -352,13 +352,17 @@ def ablate(
     device: Annotated[Device, typer.Option(help="Where latency is measured.")] = "cpu",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores).")] = None,
     timing_s: Annotated[float, typer.Option(help="CPU timing cap per variant, seconds.")] = 3.0,
+    interleave_s: Annotated[float, typer.Option(
+        help="Cap of each interleaved timing of the base against a group of variants, seconds.")] = 40.0,
     results_dir: Annotated[Path, typer.Option(help="Parent folder of grid outputs.")] = Path("results"),
 ) -> None:
     """Measure every variant of an ablation grid and write paper-style tables and plots.
 
     Duplicated variants are measured once; finished variants are kept in results/<grid>/rows.jsonl,
-    so re-running after an interruption continues where it stopped. Outputs: table.csv, table.md,
-    bar_<metric>.png, scatter.png, report.md, report.html (rebuilt by `mmlab report results/<grid>`).
+    so re-running after an interruption continues where it stopped. With latency, the variants are
+    then timed against the base interleaved, in one run (latency_ratios.json), for effects with a
+    95% interval. Outputs: table.csv, table.md, bar_<metric>.png (change against the base),
+    scatter.png, report.md, report.html (rebuilt by `mmlab report results/<grid>`).
 
     Example: `mmlab ablate studies/paper_ablations.toml`; `mmlab ablations` lists the edits.
     """
@@ -380,7 +384,8 @@ def ablate(
     started = time.perf_counter()
     try:
         folder = run(grid, results_dir=results_dir, progress=progress,
-                     settings=GridSettings(device=device.value, threads=threads, timing_s=timing_s))
+                     settings=GridSettings(device=device.value, threads=threads, timing_s=timing_s,
+                                           interleave_s=interleave_s))
     except ValueError as err:
         bar.close()
         fail(str(err))

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -63,40 +64,77 @@ def draw_pareto(
     plt.close(fig)
 
 
-def draw_grid_bars(table: pd.DataFrame, column: str, label: str, path: Path | str) -> None:
-    """One bar per factor level (levels equal to another variant hatched), the base's value dashed."""
-    rows = table.dropna(subset=[column])
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4.2))
-    colors = ["tab:red" if lbl == "base" else "tab:blue" for lbl in rows["label"]]
-    bars = ax.bar(range(len(rows)), rows[column], color=colors)
-    for bar, same in zip(bars, rows.get("same_as", [""] * len(rows))):
-        if isinstance(same, str) and same:
-            bar.set_hatch("//")
-            bar.set_alpha(0.5)
-    base = rows[rows["label"] == "base"][column]
-    if not base.empty:
-        ax.axhline(base.iloc[0], ls="--", c="tab:red", lw=1)
-    ax.set_xticks(range(len(rows)), rows["label"], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel(label)
-    ax.grid(axis="y", alpha=0.3)
+def draw_grid_bars(effects: pd.DataFrame, label: str, path: Path | str) -> None:
+    """One metric's effects against the base as horizontal bars, grouped by factor (a bold header
+    row per factor, one colour each), with error bars where there is an interval; an effect whose
+    interval contains 0 is drawn pale and hatched. The base is not drawn: it is the zero line.
+
+    Args:
+        effects: factor, level, effect, low, high, measurable (:func:`mmlab.reports.grid.effects_frame`).
+        label: the x axis label.
+        path: where the PNG goes.
+    """
+    groups = list(dict.fromkeys(effects["factor"]))
+    ticks: list[tuple[float, str, bool]] = []  # (y, text, is a factor header)
+    y = 0.0
+    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7.5, 0.3 * (len(effects) + len(groups)) + 1.3))
+    any_ns = False
+    for g, factor in enumerate(groups):
+        if factor:
+            ticks.append((y, factor, True))
+            y += 1
+        for _, row in effects[effects["factor"] == factor].iterrows():
+            noise = row["measurable"] == 0
+            any_ns = any_ns or noise
+            ax.barh(y, row["effect"], color=colors(g % 10), alpha=0.35 if noise else 0.9, hatch="///" if noise else None,
+                    edgecolor=colors(g % 10), height=0.7)
+            if pd.notna(row["low"]) and pd.notna(row["high"]) and row["low"] != row["high"]:
+                ax.errorbar(row["effect"], y, xerr=[[row["effect"] - row["low"]], [row["high"] - row["effect"]]],
+                            fmt="none", ecolor="black", elinewidth=1, capsize=3)
+            ticks.append((y, str(row["level"]), False))
+            y += 1
+        y += 0.4
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=8)
+    for tick, (_, _, header) in zip(ax.get_yticklabels(), ticks):
+        if header:
+            tick.set_fontweight("bold")
+    ax.invert_yaxis()
+    ax.set_xlabel(label)
+    ax.grid(axis="x", alpha=0.3)
+    if any_ns:
+        ax.legend(handles=[Patch(facecolor="lightgrey", hatch="///", edgecolor="grey",
+                                 label="no measurable difference (interval contains 0)")], loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def draw_grid_scatter(table: pd.DataFrame, x: str, x_label: str, y_label: str, path: Path | str) -> None:
-    """Speed against signal, one labelled point per distinct variant, the base marked."""
-    rows = table[table["same_as"].fillna("") == ""].dropna(subset=[x, "signal"])
-    fig, ax = plt.subplots(figsize=(7, 5))
-    base = rows["label"] == "base"
-    ax.scatter(rows[~base][x], rows[~base]["signal"], c="tab:blue", s=22)
-    ax.scatter(rows[base][x], rows[base]["signal"], c="tab:red", marker="*", s=140, label="base")
-    for _, row in rows.iterrows():
-        ax.annotate(row["label"], (row[x], row["signal"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+def draw_grid_scatter(points: pd.DataFrame, x_label: str, y_label: str, path: Path | str) -> None:
+    """Speed against accuracy signal: every distinct variant labelled, with its error bars, the
+    base a red star.
+
+    Args:
+        points: label, x, x_low, x_high, y, y_low, y_high, base (:func:`mmlab.reports.grid.scatter_frame`).
+        x_label, y_label: the axis labels.
+        path: where the PNG goes.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for _, row in points.iterrows():
+        base = bool(row["base"])
+        ax.errorbar(row["x"], row["y"], xerr=[[row["x"] - row["x_low"]], [row["x_high"] - row["x"]]],
+                    yerr=[[row["y"] - row["y_low"]], [row["y_high"] - row["y"]]], fmt="*" if base else "o",
+                    color="tab:red" if base else "tab:blue", ms=14 if base else 5, elinewidth=0.8, capsize=2,
+                    zorder=3 if base else 2, label="base" if base else None)
+        ax.annotate(str(row["label"]), (row["x"], row["y"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7 if not base else 9, fontweight="bold" if base else "normal",
+                    color="tab:red" if base else "black")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if points["base"].any():
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

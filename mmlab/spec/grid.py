@@ -8,9 +8,10 @@ A grid is a TOML file; unknown keys are rejected, at the top level and in each f
     base = "s6"                  # a preset name or a .toml / .json spec file (relative to this file)
     mode = "one-at-a-time"       # or "factorial"; default one-at-a-time
     measure = ["params", "macs", "macs_paper", "latency", "signal"]   # any of MEASURES; default params, macs
-    signal = "synflow"           # a signal name (mmlab.signals.SIGNALS); required exactly when measure lists "signal"
+    signal = "synflow"           # a signal name (mmlab.signals.SIGNALS), only with "signal" in measure;
+                                 # default: the project's default signal (mmlab.signals.registry.DEFAULT_SIGNAL)
     data = "synthetic"           # data source for the signal; default synthetic
-    seeds = [0]                  # default [0]
+    seeds = [0, 1]               # one signal run per seed; default [0, 1] for trained accuracy, else [0]
 
     [[factor]]                   # one per axis, applied in file order
     name = "wavelet"             # the factor's column name (a Python identifier, unique)
@@ -41,6 +42,10 @@ the same spec key are merged: the first label is kept, the others become its ``a
 Combinations whose edits raise ``ValueError`` are collected before anything is returned: by
 default one ``ValueError`` lists them all with the reason for each; ``on_invalid="skip"`` leaves
 them out and returns them as :attr:`Expansion.skipped`.
+
+This layer is pure: a grid that measures a signal without naming it, or without seeds, keeps
+``signal`` / ``seeds`` as None, and the runner (:func:`mmlab.study.grid.resolve_grid`) fills in
+the defaults, which depend on the signal registry.
 """
 
 from __future__ import annotations
@@ -193,9 +198,11 @@ class Grid:
         mode: one of :data:`MODES`.
         factors: the axes, in file order (the order edits are applied in).
         measure: what to measure, a subset of :data:`MEASURES`.
-        signal: the accuracy signal (a name in :data:`mmlab.signals.SIGNALS`, checked when the grid runs) when ``measure`` lists ``signal``.
+        signal: the accuracy signal (a name in :data:`mmlab.signals.SIGNALS`, checked when the grid
+            runs) when ``measure`` lists ``signal``; None: not measured, or the default signal.
         data: the data source for the signal.
-        seeds: seeds of the signal, one run each.
+        seeds: seeds of the signal, one run each; None when ``measure`` lists ``signal`` and the
+            file gives none (the runner picks the signal's default).
     """
 
     name: str
@@ -206,7 +213,7 @@ class Grid:
     measure: tuple[str, ...] = ("params", "macs")
     signal: str | None = None
     data: str = "synthetic"
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] | None = (0,)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "grid", root: str | Path = ".") -> "Grid":
@@ -242,15 +249,18 @@ class Grid:
         signal = data.get("signal")
         if signal is not None and (not isinstance(signal, str) or not signal):
             raise ValueError(f"signal: {signal!r} is not allowed; give a signal name (see `mmlab score --help`)")
-        if ("signal" in measure) != (signal is not None):
-            raise ValueError("signal: give a signal exactly when measure lists 'signal'")
+        if signal is not None and "signal" not in measure:
+            raise ValueError(f"signal: {signal!r} is not allowed here; measure does not list 'signal' "
+                             "(add it, or drop the signal)")
         source_data = data.get("data", cls.data)
         if not isinstance(source_data, str) or not source_data:
             raise ValueError(f"data: {source_data!r} is not allowed; must be a non-empty string")
-        seeds = _levels("seeds", data.get("seeds", list(cls.seeds)))
-        for seed in seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise ValueError(f"seeds: {seed!r} is not allowed; seeds are integers")
+        seeds: tuple[int, ...] | None = None if "signal" in measure else (0,)
+        if "seeds" in data:
+            seeds = _levels("seeds", data["seeds"])
+            for seed in seeds:
+                if isinstance(seed, bool) or not isinstance(seed, int):
+                    raise ValueError(f"seeds: {seed!r} is not allowed; seeds are integers")
         raw = data.get("factor")
         if not isinstance(raw, list) or not raw:
             raise ValueError("factor: missing; a grid needs at least one [[factor]] table")

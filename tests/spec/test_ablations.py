@@ -175,8 +175,7 @@ REJECTED = [
     ('base = "nothere.toml"\n' + WAVELET, "base: spec file .* does not exist"),
     (HEADER + 'mode = "random"\n' + WAVELET, "mode: 'random' is not allowed; allowed: one-at-a-time, factorial"),
     (HEADER + 'measure = ["flops"]\n' + WAVELET, "measure: 'flops' is not allowed"),
-    (HEADER + 'measure = ["params", "signal"]\n' + WAVELET, "give a signal exactly when measure lists 'signal'"),
-    (HEADER + 'signal = "synflow"\n' + WAVELET, "give a signal exactly when measure lists 'signal'"),
+    (HEADER + 'signal = "synflow"\n' + WAVELET, "signal: 'synflow' is not allowed here; measure does not list 'signal'"),
     (HEADER + 'seeds = ["a"]\n' + WAVELET, "seeds: 'a' is not allowed"),
     (HEADER + "base = 1\n", "Cannot overwrite a value"),  # not even TOML
 ]
