@@ -32,8 +32,7 @@ from mmlab.meter.latency import cpu_threads, time_interleaved
 from mmlab.meter.runtimes import RUNTIMES
 from mmlab.model import build, fuse
 from mmlab.signals.data import check_source
-from mmlab.signals.registry import DEFAULT_SIGNAL, SIGNALS, check_signal
-from mmlab.signals.score import ScoreSettings
+from mmlab.signals.registry import DEFAULT_SIGNAL, SIGNALS, ScoreSettings, check_signal
 from mmlab.spec.grid import BASE, Grid, Variant, expand, load_grid
 from mmlab.study.candidate import EvalPlan, evaluate, timing_lock
 
