@@ -5,7 +5,6 @@ The CLI parses arguments, calls one of these and prints; scripts and notebooks c
 
 from __future__ import annotations
 
-import signal as signals
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,17 @@ from mmlab.reports.search import write_search_report
 from mmlab.spec.arch import ArchSpec
 from mmlab.study import proxy_check as _proxy_check
 from mmlab.study.grid import GridSettings, run_grid
-from mmlab.study.search import (SearchConfig, finished, front_size, measure_presets, prepare, run_worker,
-                                spawn_workers)
+from mmlab.study.search import (SearchConfig, SearchFailed, finished, front_size, measure_presets, prepare,
+                                run_worker, run_workers, sigterm_as_interrupt)
 from mmlab.study.storage import load_study
 
-__all__ = ["SearchResult", "ablate", "export", "proxy_check", "report", "search"]
+__all__ = ["SearchFailed", "SearchResult", "ablate", "export", "proxy_check", "report", "search"]
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """What a search run did: counts of finished / new / feasible trials, front size, report path."""
+    """What a search run did: counts of finished / new / feasible trials, front size, report path,
+    and one line per worker that ended abnormally (``problems``)."""
 
     finished: int
     new: int
@@ -39,42 +39,70 @@ class SearchResult:
     report: Path
     interrupted: bool
     resume_command: str
+    problems: tuple[str, ...] = ()
 
 
 def search(config: SearchConfig, *, workers: int = 1,
-           progress: Callable[[optuna.Study], None] | None = None) -> SearchResult:
+           progress: Callable[[optuna.Study], None] | None = None,
+           notify: Callable[[str], None] | None = None) -> SearchResult:
     """Run (or resume) a study with ``workers`` processes, then write its report from the storage.
 
-    Ctrl-C stops every worker (their running trials are marked failed, finished ones kept) and the
-    report is still written; ``interrupted`` says so and ``resume_command`` continues it.
+    One worker runs in this process; more run as child processes (see
+    :func:`mmlab.study.search.run_workers`). Ctrl-C or SIGTERM stops every worker (their running
+    trials are marked failed, finished ones kept): ``interrupted`` says so and ``resume_command``
+    continues it. The report is written whatever happens, from what the storage holds; an error
+    is raised after it (``ValueError`` as raised, anything else as :class:`SearchFailed`, one line).
+
+    Args:
+        config: the study.
+        workers: processes working on it.
+        progress: called with the study as trials finish.
+        notify: receives one line per worker that died or failed (default: stderr).
     """
-    if workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: {workers} is not allowed; must be >= 1")
-    study, _, cache = prepare(config)
+    study, _, cache = prepare(config)  # raises before anything is stored
     study.set_user_attr("command", config.resume_command())
     directions = [d.name.lower() for d in study.directions]
     started = time.perf_counter()
     done_before = len(finished(study))
-    procs = spawn_workers(config, workers - 1) if workers > 1 else []
-    interrupted = False
+    interrupted, problems, error = False, [], None
     try:
-        run_worker(config, progress)
-        for proc in procs:
-            proc.wait()
-        if not study.user_attrs.get("preset_rows"):
-            measure_presets(study, config, cache)
+        with sigterm_as_interrupt():
+            if workers == 1:
+                run_worker(config, progress)
+            else:
+                interrupted, problems = run_workers(config, workers, offset=len(study.get_trials(deepcopy=False)),
+                                                    progress=progress, notify=notify)
+            done = len(finished(study))
+            if not interrupted and done < config.trials:
+                raise SearchFailed(f"the workers stopped at {done} of {config.trials} finished trials: "
+                                   + "; ".join(problems or [f"see {config.folder / 'logs'}"]))
+            if not interrupted and not study.user_attrs.get("preset_rows"):
+                measure_presets(study, config, cache)
     except KeyboardInterrupt:
         interrupted = True
-        for proc in procs:  # SIGINT, so each worker's Optuna marks its running trial failed
-            proc.send_signal(signals.SIGINT)
-        for proc in procs:
-            proc.wait()
-    finally:
+    except Exception as err:  # written up after the report
+        error = err
+    try:
         paths = write_search_report(config.folder, command=config.resume_command())
+    except Exception as err:
+        if error is None:
+            raise SearchFailed(f"the report could not be written ({type(err).__name__}: {_first_line(err)})") from err
+        paths = {"report.md": config.folder / "report.md"}
+    if error is not None:
+        if isinstance(error, (ValueError, SearchFailed)):
+            raise error
+        raise SearchFailed(f"{type(error).__name__}: {_first_line(error)} (finished trials are kept; "
+                           f"report: {paths['report.md']})") from error
     trials = finished(study)
     feasible, front = front_size(trials, directions)
     return SearchResult(len(trials), len(trials) - done_before, feasible, front, time.perf_counter() - started,
-                        paths["report.md"], interrupted, config.resume_command())
+                        paths["report.md"], interrupted, config.resume_command(), tuple(problems))
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def ablate(grid: str | Path, *, settings: GridSettings = GridSettings(), results_dir: str | Path = "results",

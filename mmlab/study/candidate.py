@@ -187,7 +187,7 @@ def cached_score(spec: ArchSpec, signal: str, settings: ScoreSettings, cache: Me
         return float(hit["signal"])  # the cache serves only entries with a finite number here
     value = float(score(spec, signal, data=settings.data, resolution=settings.resolution,
                         batch_size=settings.batch_size, seed=settings.seed, epochs=settings.epochs,
-                        device=settings.device, max_per_class=settings.max_per_class))
+                        device=settings.device, max_per_class=settings.max_per_class, space=settings.space))
     if cache is not None:
         cache.put(key, {"signal": value})
     return value
@@ -208,7 +208,7 @@ def timed(spec: ArchSpec, plan: EvalPlan, cache: MeasurementCache | None, model:
             quality = probe.stop(threads)
         if row["measure_s"] == 0:  # a cache hit: judged by what was recorded when it was taken
             spread, disturbed = timing_quality(row)
-            if not disturbed:
+            if not disturbed or plan.timing_tries <= 1:  # one try asked for: served, flag and all
                 return {**row, "timing_spread": round(spread, 4), "timing_tries": 0}
             continue  # a flagged or noisy cached timing is taken again
         if plan.device != "cpu":
