@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,12 +31,15 @@ class TrainResult:
         top1_per_epoch: held-out top-1 (%) after each epoch, first epoch first.
         seconds: wall time of the whole run (build, training and evaluations).
         train_images: training images processed, all epochs together.
+        state: the trained network's ``state_dict`` (on the CPU, BatchNorm statistics as evaluated),
+            to continue training from with ``train(..., init_state=state)``; None when built by hand.
     """
 
     top1: float
     top1_per_epoch: tuple[float, ...]
     seconds: float
     train_images: int
+    state: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -113,8 +116,9 @@ def train(
     device: str = "cpu",
     num_classes: int | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train ``spec`` from scratch for a few epochs and report held-out top-1 after each.
+    """Train ``spec`` for a few epochs (from scratch, or from ``init_state``) and report held-out top-1 after each.
 
     The spec is adapted to the data (``num_classes``, ``in_chans`` and ``resolution`` from the
     images), built under ``seed`` and trained with AdamW (weight decay on weights only, none on
@@ -146,13 +150,17 @@ def train(
             (one pass over ``train_set``).
         on_epoch: called as ``on_epoch(epoch, top1)`` after each epoch (``epoch`` from 0); an
             exception it raises (e.g. Optuna's ``TrialPruned``) stops training and propagates.
+        init_state: start from these weights (a :attr:`TrainResult.state` of the same adapted
+            spec) instead of the seeded initialisation: ``epochs`` more epochs, with a fresh
+            optimizer and a fresh warm-up + cosine schedule over them (a warm restart, as in
+            SGDR); ``seed`` still seeds the shuffling and stochastic depth.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult`, the trained weights in ``state``.
 
     Raises:
-        ValueError: a bad argument, non-square images, fewer than two training images or an
-            unavailable device.
+        ValueError: a bad argument, non-square images, fewer than two training images, an
+            unavailable device or an ``init_state`` that does not fit the network.
     """
     start = time.perf_counter()
     dev = torch.device(check_device(device).name)
@@ -175,6 +183,12 @@ def train(
 
     torch.manual_seed(seed)
     model = build(adapted).to(dev)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as err:  # missing / unexpected keys or shapes: another architecture
+            first = (str(err).strip().splitlines() or [""])[-1].strip()
+            raise ValueError(f"init_state: does not fit {adapted.key} ({first[:200]})") from None
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
     loader = Batches(train_set, min(batch_size, len(train_set)), shuffle=True, drop_last=True, seed=seed, device=dev)
     calibration = Batches(train_set, batch_size, shuffle=True, seed=seed, device=dev)
@@ -198,4 +212,5 @@ def train(
         per_epoch.append(_top1(model, val_loader, dev))
         if on_epoch is not None:
             on_epoch(epoch, per_epoch[-1])
-    return TrainResult(per_epoch[-1], tuple(per_epoch), time.perf_counter() - start, seen)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    return TrainResult(per_epoch[-1], tuple(per_epoch), time.perf_counter() - start, seen, state)
