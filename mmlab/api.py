@@ -21,9 +21,11 @@ from mmlab.study import proxy_check as _proxy_check
 from mmlab.study.grid import GridSettings, run_grid
 from mmlab.study.search import (SearchConfig, SearchFailed, finished, front_size, measure_presets, prepare,
                                 run_worker, run_workers, sigterm_as_interrupt)
+from mmlab.study.refine import Progress, best_result, load_refine, provenance, refine_worker, rung_summaries
 from mmlab.study.storage import load_study
 
-__all__ = ["SearchFailed", "SearchResult", "ablate", "export", "proxy_check", "report", "search"]
+__all__ = ["RefineResult", "SearchFailed", "SearchResult", "ablate", "export", "proxy_check", "refine", "report",
+           "search"]
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,74 @@ def report(folder: str | Path) -> dict[str, Path]:
     return write_report(folder)
 
 
-def export(folder: str | Path, trial: int, output: str | Path = "arch.toml") -> tuple[Path, ArchSpec]:
-    """Write one trial's architecture as a spec file (TOML with provenance, or JSON)."""
+@dataclass(frozen=True)
+class RefineResult:
+    """What a refine run did: jobs trained / failed by this process, every rung's summary (epochs,
+    candidates, survivors, train and wall seconds), the winner (``best``: trial, top-1 mean and
+    standard error, epochs), the report, and whether it was interrupted (``resume_command`` resumes)."""
+
+    trained: int
+    failed: tuple[str, ...]
+    rungs: tuple[dict[str, Any], ...]
+    best: dict[str, Any] | None
+    finished: bool
+    seconds: float
+    report: Path
+    interrupted: bool
+    resume_command: str
+
+
+def refine(folder: str | Path, *, progress: Callable[[Progress], None] | None = None, **settings: Any) -> RefineResult:
+    """Successive halving over a searched front with real training (see :mod:`mmlab.study.refine`),
+    then the search report rewritten with its refined section, refined.csv and refined_pareto.png.
+
+    ``settings`` are :class:`mmlab.study.refine.RefineConfig` fields (``top_k``, ``rungs``, ``eta``,
+    ``seeds``, ``data``, ``max_per_class``, ``batch_size``, ``seed``, ``keep_presets``, ``device``);
+    a refine already stored keeps its own, so ``refine(folder)`` resumes it. Several processes
+    may run it on one storage at once. Ctrl-C or SIGTERM queues the running job again, writes the
+    report of what finished and returns with ``interrupted``.
+
+    Raises:
+        ValueError: in one line, before anything is trained (bad setting, unknown study, ...).
+    """
+    folder = Path(folder)
+    started = time.perf_counter()
+    interrupted, run = False, None
+    try:
+        with sigterm_as_interrupt():
+            run = refine_worker(folder, progress=progress, **settings)
+            interrupted = run.interrupted
+    except KeyboardInterrupt:  # outside a job (while opening or waiting): nothing to queue again
+        interrupted = True
+    paths = write_search_report(folder)
+    study, _ = load_study(folder)
+    state = load_refine(study)
+    return RefineResult(
+        trained=len(run.trained) if run else 0, failed=tuple(run.failed) if run else (),
+        rungs=tuple(rung_summaries(state)) if state else (), best=best_result(state) if state else None,
+        finished=bool(state and state.finished), seconds=time.perf_counter() - started, report=paths["report.md"],
+        interrupted=interrupted, resume_command=f"mmlab refine {folder.as_posix()}")
+
+
+def export(folder: str | Path, trial: int | None = None, output: str | Path = "arch.toml", *,
+           refined: str | None = None) -> tuple[Path, ArchSpec]:
+    """Write one trial's architecture as a spec file (TOML with provenance, or JSON).
+
+    ``refined="best"`` exports the winner of ``mmlab refine`` instead of ``trial``; a TOML export of
+    a refined trial records its trained top-1 (± standard error), epochs, seeds and data.
+    """
     folder, output = Path(folder), Path(output)
     study, _ = load_study(folder)
+    if (trial is None) == (refined is None):
+        raise ValueError("export: give either --trial N or --refined best")
+    state = load_refine(study)
+    if refined is not None:
+        if refined != "best":
+            raise ValueError(f"refined: {refined!r} is not allowed; use --refined best (or --trial N)")
+        best = best_result(state) if state is not None else None
+        if best is None:
+            raise ValueError(f"{folder}: no refined result yet; run `mmlab refine {folder}` first")
+        trial = int(best["trial"])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if trial not in trials or "spec_json" not in trials[trial].user_attrs:
         raise ValueError(f"trial: {trial} is not in study {study.study_name!r} "
@@ -146,7 +212,9 @@ def export(folder: str | Path, trial: int, output: str | Path = "arch.toml") -> 
 
         metrics = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
                    and k not in ("spec_json",) and not k.startswith("env_")}
-        provenance = {"study": study.study_name, "trial": trial, "folder": str(folder), **metrics}
-        output.write_text(f"# exported by mmlab export {folder} --trial {trial}\n"
-                          + tomli_w.dumps({"provenance": provenance, "arch": spec.to_dict()}))
+        trained = provenance(state, trial) if state is not None else {}
+        record = {"study": study.study_name, "trial": trial, "folder": str(folder), **metrics, **trained}
+        how = "--refined best" if refined else f"--trial {trial}"
+        output.write_text(f"# exported by mmlab export {folder} {how}\n"
+                          + tomli_w.dumps({"provenance": record, "arch": spec.to_dict()}))
     return output, spec

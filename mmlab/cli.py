@@ -406,17 +406,106 @@ def report(
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  mmlab refine results/default --data fashion-mnist --top-k 9 --rungs 1,3,9\n\n"
+    "  mmlab refine results/default --data imagefolder:/data/mine --seeds 2 --device cuda\n\n"
+    "  mmlab refine results/default      # resume (the stored settings are kept)\n\n"
+    "Run the same command in several terminals or machines (one storage) to share the work."
+))
+def refine(
+    folder: Annotated[Path, typer.Argument(help="A search's results folder, results/<study>.")],
+    top_k: Annotated[Optional[int], typer.Option(help="Candidates: the front, then the next non-dominated layers, presets that fit included. [default: 9]")] = None,
+    rungs: Annotated[Optional[str], typer.Option(help="Training epochs at each rung, cumulative and increasing. [default: 1,3,9]")] = None,
+    eta: Annotated[Optional[int], typer.Option(help="Each rung keeps the best 1/eta (rounded up). [default: 3]")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Training seeds per candidate and rung (error bars). [default: 1]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="fashion-mnist[:PATH], digits, synthetic, or imagefolder:PATH. [default: fashion-mnist]")] = None,
+    max_per_class: Annotated[Optional[int], typer.Option(help="Training images per class (0: all). [default: 1000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size. [default: 64]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the data split and the first training run. [default: 0]")] = None,
+    keep_presets: Annotated[Optional[bool], typer.Option("--keep-presets/--no-keep-presets", help="Carry the presets that fit through every rung, as references at equal epochs. [default: no]")] = None,
+    device: Annotated[Device, typer.Option(help="Where training runs.")] = "cpu",
+) -> None:
+    """Train the searched front: successive halving with real training, resumable and shared.
+
+    Takes the K best feasible trials of a search, trains each for the first rung's epochs, keeps the
+    best 1/eta by held-out top-1, continues those from their weights to the next rung, and so on.
+    Results live in the study's storage (a linked study `<study>:refine`), weights under
+    results/<study>/refine/. Writes refined.csv, refined_pareto.png and a section of report.md /
+    report.html. Settings left out are the stored refine's (when resuming) or the defaults.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from mmlab.api import refine as run
+    from mmlab.study.refine import parse_rungs
+
+    given: dict[str, object] = {"device": device.value}
+    for name, value in (("top_k", top_k), ("eta", eta), ("seeds", seeds), ("data", data), ("batch_size", batch_size),
+                        ("seed", seed), ("keep_presets", keep_presets)):
+        if value is not None:
+            given[name] = value
+    if max_per_class is not None:
+        given["max_per_class"] = max_per_class or None
+    try:
+        if rungs is not None:
+            given["rungs"] = parse_rungs(rungs)
+    except ValueError as err:
+        fail(str(err))
+    bars: dict[int, tqdm] = {}
+
+    def progress(p) -> None:
+        bar = bars.get(p.rung)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[p.rung] = tqdm(total=p.total, desc=f"rung {p.rung} ({p.epochs} ep)", unit="job",
+                                      file=sys.stderr, dynamic_ncols=True)
+        bar.total, bar.n = p.total, p.done
+        bar.set_postfix(running=p.running, failed=p.failed, refresh=True)
+        if p.line:
+            tqdm.write(p.line, file=sys.stderr)
+
+    try:
+        result = run(folder, progress=progress, **given)
+    except ValueError as err:
+        for bar in bars.values():
+            bar.close()
+        fail(str(err))
+    for bar in bars.values():
+        bar.close()
+    for r in result.rungs:
+        wall = f"{r['wall_s']:.0f} s wall" if r["wall_s"] is not None else "in progress"
+        kept = "" if r["survivors"] is None else f", kept {len(r['survivors'])}"
+        typer.echo(f"rung {r['rung']}: {len(r['candidates'])} candidates at {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, "
+                   f"{r['trained']} jobs trained, {len(r['failed'])} failed{kept}; "
+                   f"{r['train_s']:.0f} s training, {wall}")
+    if result.best is not None:
+        b = result.best
+        typer.echo(f"best: trial {b['trial']}, top-1 {b['top1_mean']:.2f} ± {b['top1_se']:.2f} % after {b['epochs']} "
+                   f"epochs; {result.trained} jobs trained here in {result.seconds:.0f} s: {result.report}")
+    if result.interrupted:
+        typer.echo(f"interrupted: the running job is queued again, finished ones are kept; resume with:\n  "
+                   f"{result.resume_command}")
+        raise typer.Exit(130)
+
+
 @app.command()
 def export(
     folder: Annotated[Path, typer.Argument(help="A search's results folder, results/<study>.")],
-    trial: Annotated[int, typer.Option(help="Trial number (see trials.csv / report.md).")],
+    trial: Annotated[Optional[int], typer.Option(help="Trial number (see trials.csv / report.md).")] = None,
+    refined: Annotated[Optional[str], typer.Option(help="'best': the winner of `mmlab refine` (instead of --trial).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the spec (.toml or .json).")] = Path("arch.toml"),
 ) -> None:
-    """Write one trial's architecture as a spec file for `mmlab show`, `mmlab measure` and `mmlab.build`."""
+    """Write one trial's architecture as a spec file for `mmlab show`, `mmlab measure` and `mmlab.build`.
+
+    A TOML export records the trial's measurements and, for a refined trial, its trained top-1 and data.
+    """
     from mmlab.api import export as run
 
     try:
-        path, spec = run(folder, trial, output)
+        path, spec = run(folder, trial, output, refined=refined)
     except ValueError as err:
         fail(str(err))
     typer.echo(f"wrote {path} (spec {spec.key}); try: mmlab show {path}")

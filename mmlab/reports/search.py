@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from mmlab.reports.plots import draw_pareto
+from mmlab.reports.refine import write_refine_outputs
 from mmlab.reports.tables import markdown_table, write_html
 from mmlab.spec.arch import ArchSpec
 from mmlab.spec.space import SearchSpace
@@ -109,6 +110,9 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
         columns = ["trial", "preset"] + [c for c in ("signal", "latency_ms", "macs", "macs_paper", "params") if c in shown] + [
             "resolution", "scan", "d_state", "ssm_ratio", "ffn_ratio", "stages", "rebuild"]
         lines.append(markdown_table(shown, columns))
+    refined, refined_paths = write_refine_outputs(folder, study, front, str(config.get("signal", "signal")))
+    lines += refined  # the trained front, once `mmlab refine` has run
+    paths.update(refined_paths)
     if space is not None:
         lines += ["", f"## Space `{space.name}`", "", *(f"- {line}" for line in space.describe())]
     paths["report.md"].write_text("\n".join(lines) + "\n")
