@@ -301,6 +301,8 @@ class ArchSpec:
             _fail("spec", unknown[0], f"unknown key; allowed: {', '.join(sorted(known))}")
         if "stages" not in data:
             raise ValueError("stages: missing; a spec needs a list of stages")
+        if isinstance(data["stages"], (str, bytes)) or not isinstance(data["stages"], (list, tuple)):
+            _fail("stages", data["stages"], "must be a list of stage tables")
         stage_keys = {f.name for f in fields(StageSpec)}
         stages = []
         for i, raw in enumerate(data["stages"]):

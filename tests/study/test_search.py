@@ -183,3 +183,124 @@ def test_sampler_choice_by_trial_count():
     assert SearchConfig(trials=50).sampler_name == "tpe"
     assert SearchConfig(trials=1000).sampler_name == "nsga2"
     assert SearchConfig(trials=50, sampler="gp").sampler_name == "gp"
+
+
+def test_a_trial_that_raises_fails_alone_and_the_study_goes_on(tmp_path, monkeypatch):
+    import mmlab.study.search as search_mod
+
+    real, calls = search_mod.evaluate, {"n": 0}
+
+    def flaky(spec, plan, cache=None, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("naswot: the kernel matrix is singular")
+        return real(spec, plan, cache, **kw)
+
+    monkeypatch.setattr(search_mod, "evaluate", flaky)
+    result = runner.invoke(app, search_args(tmp_path, "f", 4))
+    assert result.exit_code == 0, result.output
+    study = stored(tmp_path, "f")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and len(finished(study)) == 4
+    assert failed[0].user_attrs["fail_reason"] == "ValueError: naswot: the kernel matrix is singular"
+    assert {"worker_host", "worker_pid"} <= set(failed[0].user_attrs)
+
+
+def test_an_error_still_writes_the_report_and_is_one_line(tmp_path, monkeypatch):
+    import mmlab.api as api_mod
+
+    def boom(*args, **kw):
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(api_mod, "measure_presets", boom)
+    result = runner.invoke(app, search_args(tmp_path, "r", 3))
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: RuntimeError: out of memory (finished trials are kept; report: {tmp_path / 'r' / 'report.md'})"]
+    assert "Traceback" not in result.output
+    assert len(pd.read_csv(tmp_path / "r" / "trials.csv")) == 3
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    assert runner.invoke(app, search_args(tmp_path, "t", 2)).exit_code == 0
+    for extra, message in ((["--threads", "2"], "threads: 2 differs from the stored study's 1"),
+                           (["--timing-s", "0.1"], "timing_s: 0.1 differs from the stored study's 0.05"),
+                           (["--signal", "macs"], "signal: 'macs' differs from the stored study's 'params'")):
+        args = search_args(tmp_path, "t", 3)
+        for flag, value in zip(extra[::2], extra[1::2]):
+            args[args.index(flag) + 1] = value
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert len(stored(tmp_path, "t").trials) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threads", "0"], "threads: 0 is not allowed; must be >= 1"),
+    (["--timing-s", "-1"], "timing_s: -1 is not allowed; the timing cap must be > 0 seconds"),
+    (["--timing-s", "inf"], "timing_s: inf is not allowed"),
+    (["--trials", "0"], "trials: 0 is not allowed"),
+    (["--study", "../escape"], "study: '../escape' is not allowed"),
+    (["--study", "/etc"], "study: '/etc' is not allowed"),
+    (["--study", ".."], "study: '..' is not allowed"),
+    (["--study", ""], "study: '' is not allowed"),
+    (["--data", "imagefolder:/no/such/folder"], "imagefolder: '/no/such/folder' is not a folder"),
+    (["--data", "mnist"], "unknown dataset source 'mnist'"),
+    (["--objectives", "signal,signal"], "objectives: 'signal,signal' is not allowed"),
+])
+def test_bad_search_inputs_are_one_line_and_touch_nothing(tmp_path, extra, message):
+    args = search_args(tmp_path, "b", 2)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_results_dir_and_cache_dir_that_are_files(tmp_path, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    args = search_args(tmp_path, "b", 2)
+    args[args.index("--results-dir") + 1] = str(a_file)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and f"results_dir: {a_file / 'b'} is under {a_file}, which is a file" in result.output
+    monkeypatch.setenv("MMLAB_CACHE_DIR", str(a_file))
+    result = runner.invoke(app, search_args(tmp_path, "c", 2))
+    assert result.exit_code == 2 and f"cache: {a_file} is a file, not a folder" in result.output
+    assert not (tmp_path / "c").exists()  # checked before any work
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_unwritable_results_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    args = search_args(tmp_path, "b", 2)
+    args[args.index("--results-dir") + 1] = str(locked)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "cannot be created" in result.output
+
+
+def test_repeated_suggestions_are_pruned_not_evaluated(tmp_path):
+    """A space of 2 architectures and 2 trials: every further suggestion repeats one; they are
+    stored PRUNED naming the trial they repeat, and a resume past the space's size stops in one line."""
+    space = tmp_path / "two.toml"
+    space.write_text('name = "two"\nresolution = [64]\nnum_classes = 10\nd_state = [1, 2]\n'
+                     '[[stage]]\nwidth = 16\ndepth = 1\n[[stage]]\nwidth = 32\ndepth = 1\n')
+    args = ["search", "--space", str(space), "--study", "two", "--trials", "2", "--objectives", "macs,params",
+            "--sampler", "random", "--results-dir", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    study = stored(tmp_path, "two")
+    keys = [t.user_attrs["spec_key"] for t in finished(study)]
+    assert len(keys) == 2 and len(set(keys)) == 2
+    for t in study.trials:
+        if t.state.name == "PRUNED":
+            assert t.user_attrs["spec_key"] in keys and "macs" not in t.user_attrs
+    args[args.index("--trials") + 1] = "3"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "the space is (nearly) exhausted" in result.output
