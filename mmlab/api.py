@@ -118,11 +118,14 @@ def ablate(grid: str | Path, *, settings: GridSettings = GridSettings(), results
     return folder
 
 
-def proxy_check(data: str = "digits", n: int = 20, **options: Any) -> Path:
+def proxy_check(settings: _proxy_check.CheckSettings = _proxy_check.CheckSettings(), *,
+                results_dir: str | Path = "results", shard: tuple[int, int] = (0, 1),
+                progress: Callable[[int, int, str], None] | None = None, write: bool = True) -> Path:
     """Sample, score and train architectures (see :func:`mmlab.study.proxy_check.proxy_check`), then
-    write the correlation report; returns the folder."""
-    folder = _proxy_check.proxy_check(data, n, **options)
-    write_proxy_report(folder)
+    write the correlation report (unless ``write`` is False, e.g. in all shards but the last)."""
+    folder = _proxy_check.proxy_check(settings, results_dir=results_dir, shard=shard, progress=progress)
+    if write:
+        write_proxy_report(folder)
     return folder
 
 

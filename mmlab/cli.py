@@ -210,36 +210,56 @@ def score(
 
 @app.command("proxy-check")
 def proxy_check_cmd(
-    data: Annotated[str, typer.Option(help="digits (embedded), synthetic, or imagefolder:PATH.")] = "digits",
-    n: Annotated[int, typer.Option(help="Architectures to sample from the space.")] = 20,
-    epochs: Annotated[int, typer.Option(help="Short-training epochs per architecture.")] = 3,
+    data: Annotated[str, typer.Option(help="fashion-mnist[:PATH], digits (embedded), synthetic, or imagefolder:PATH.")] = "fashion-mnist",
+    n: Annotated[int, typer.Option(help="Architectures to sample from the space.")] = 40,
+    epochs: Annotated[int, typer.Option(help="Training epochs per architecture (the ground truth).")] = 3,
+    max_per_class: Annotated[Optional[int], typer.Option(help="Training images per class (0: all).")] = 500,
+    retest: Annotated[int, typer.Option(help="Architectures trained again with seed + 1: the noise ceiling.")] = 10,
+    budget_mflops: Annotated[float, typer.Option(help="Sample only architectures within this many M MACs (0: no budget).")] = 300.0,
     space: Annotated[str, typer.Option(help=SPACE_HELP)] = DEFAULT_SPACE,
-    seed: Annotated[int, typer.Option(help="Seed of the sample, the proxies and the training.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the sample, the proxies and the first training run.")] = 0,
+    device: Annotated[Device, typer.Option(help="Where signals and training run.")] = "cpu",
+    shard: Annotated[str, typer.Option(help="I/K: this process takes every K-th architecture from the I-th (share the work between processes).")] = "0/1",
     results_dir: Annotated[Path, typer.Option(help="Parent folder of the outputs.")] = Path("results"),
 ) -> None:
-    """Which signal to trust on your data: every proxy vs short-training accuracy, rank correlations.
+    """Which signal to trust on your data: every signal vs trained accuracy, with intervals.
 
-    Samples N architectures, computes every zero-cost proxy and the params / MACs baselines, trains
-    each for --epochs, and writes results/proxy_check_<data>/ (correlations.md, rows.csv, one
-    scatter plot per signal, report.md). Re-running resumes. Example: `mmlab proxy-check --data digits --n 20`.
+    Samples N architectures (default: the default space under 300 M MACs), computes every signal,
+    trains each (the ground truth) and trains --retest of them again with another seed (the noise
+    ceiling), then reports Spearman's ρ and Kendall's τ with paired-bootstrap 95% intervals,
+    partial ρ given params, top-quarter precision and regret, and recommends a default signal.
+    Writes results/proxy_check_<data>/; re-running (or Ctrl-C and re-running) resumes.
+
+    Example: `mmlab proxy-check --data fashion-mnist --n 40 --retest 10`.
     """
     import sys
 
     from tqdm import tqdm
 
     from mmlab.api import proxy_check
+    from mmlab.study.proxy_check import CheckSettings
 
-    bar = tqdm(total=n, desc="proxy-check", unit="arch", file=sys.stderr, dynamic_ncols=True)
+    try:
+        index, count = (int(v) for v in shard.split("/"))
+    except ValueError:
+        fail(f"shard: {shard!r} is not allowed; give I/K, e.g. 0/2")
+    settings = CheckSettings(data=data, n=n, epochs=epochs, max_per_class=max_per_class or None, retest=retest,
+                             space=space, budget_mflops=budget_mflops or None, seed=seed, device=device.value)
+    bar = tqdm(total=None, desc="proxy-check", unit="run", file=sys.stderr, dynamic_ncols=True)
 
     def progress(i: int, total: int, key: str) -> None:
         bar.total, bar.n = total, i
         bar.set_postfix_str(key, refresh=True)
 
     try:
-        folder = proxy_check(data, n, epochs=epochs, space=space, seed=seed, results_dir=results_dir, progress=progress)
+        folder = proxy_check(settings, results_dir=results_dir, shard=(index, count), progress=progress)
     except ValueError as err:
         bar.close()
         fail(str(err))
+    except KeyboardInterrupt:
+        bar.close()
+        typer.echo("interrupted: finished architectures are kept in rows.jsonl; run the same command to resume")
+        raise typer.Exit(130)
     bar.close()
     typer.echo((folder / "correlations.md").read_text())
     typer.echo(f"report: {folder / 'report.md'}")
