@@ -26,6 +26,7 @@ from mmlab.signals.score import ScoreSettings, data_geometry
 from mmlab.spec.arch import ArchSpec
 from mmlab.spec.space import DEFAULT_SPACE, SearchSpace, read_space_text
 from mmlab.study.candidate import EvalPlan, evaluate
+from mmlab.study.grid import read_rows  # one reader of JSON-lines rows, cut last lines skipped
 
 CHECKED = tuple(name for name, info in SIGNALS.items() if info.kind != "training")
 TARGET = "signal_train"
@@ -100,17 +101,6 @@ def draw_sample(s: CheckSettings, cache: MeasurementCache) -> list[ArchSpec]:
                      f"{s.budget_mflops:g} M MACs; raise the budget or lower n")
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by an interruption
-                continue
-    return rows
-
-
 def prepare(s: CheckSettings, results_dir: str | Path = "results") -> tuple[Path, list[ArchSpec]]:
     """The check's folder and sample: created once, then reused (a resume with other settings is refused)."""
     check_settings(s)
@@ -164,7 +154,7 @@ def proxy_check(
     mine = [item for i, item in enumerate(work) if i % count == index]
     cache = MeasurementCache()
     for i, (kind, seed, spec) in enumerate(mine):
-        done = {(r["kind"], r["spec_key"]) for r in _read_rows(rows_path)}  # re-read: other shards append too
+        done = {(r["kind"], r["spec_key"]) for r in read_rows(rows_path)}  # re-read: other shards append too
         if progress is not None:
             progress(i, len(mine), f"{kind} {spec.key}")
         if (kind, spec.key) in done:
@@ -183,7 +173,7 @@ def read_check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     """(main rows, retest rows, settings) of a check's folder, one row per architecture and kind."""
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in _read_rows(folder / ROWS_FILE):
+    for row in read_rows(folder / ROWS_FILE):
         rows[(row.get("kind", "main"), row["spec_key"])] = row
     main = [r for (kind, _), r in rows.items() if kind == "main"]
     retest = [r for (kind, _), r in rows.items() if kind == "retest"]
