@@ -90,10 +90,10 @@ def check_cache_dir(directory: str | Path) -> Path:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         where = "is a file" if probe == directory else f"is under {probe}, which is a file"
-        raise ValueError(f"cache: {directory} {where}, not a folder; set MMLAB_CACHE_DIR (or --cache-dir) to a folder")
+        raise ValueError(f"cache: {directory} {where}, not a folder; point MMLAB_CACHE_DIR (or --cache-dir of mmlab measure) at a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"cache: {directory} is not writable ({probe} is read-only for this user); "
-                         f"set MMLAB_CACHE_DIR (or --cache-dir) to a writable folder")
+                         f"point MMLAB_CACHE_DIR (or --cache-dir of mmlab measure) at a writable folder")
     return directory
 
 

@@ -451,10 +451,17 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
     heartbeat = is_heartbeat_enabled(storage)
     mine: list[TrialState] = []  # this process's trials, in order
     while True:
-        with study_mutex(storage, config.storage_url, config.study):
-            if heartbeat:
-                fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry queued
-            trial = reserve(study, objective, config.trials)
+        trial = None
+        try:
+            with signals_deferred(), study_mutex(storage, config.storage_url, config.study):
+                if heartbeat:
+                    fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry queued
+                trial = reserve(study, objective, config.trials)
+        except KeyboardInterrupt:  # delivered as the signals are let through: the trial never ran
+            if trial is not None:
+                fail_reason(trial, "interrupted (SIGINT / SIGTERM)")
+                _tell(study, trial, state=TrialState.FAIL)
+            raise
         if trial is None:
             states = Counter(t.state for t in study.get_trials(deepcopy=False))
             if states[TrialState.COMPLETE] >= config.trials or not (heartbeat and states[TrialState.RUNNING]):
@@ -470,6 +477,20 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
         if progress is not None:
             progress(study)
     return study
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within: SIGINT and SIGTERM wait (blocked) and are delivered on exit, so an interrupt never
+    lands between taking a trial and recording it (main thread on POSIX; else no change)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signals, "pthread_sigmask"):
+        yield
+        return
+    previous = signals.pthread_sigmask(signals.SIG_BLOCK, {signals.SIGINT, signals.SIGTERM})
+    try:
+        yield
+    finally:
+        signals.pthread_sigmask(signals.SIG_SETMASK, previous)
 
 
 @contextmanager

@@ -76,11 +76,11 @@ def check_exact(cfg):
 
 
 def test_four_workers_on_postgres_finish_exactly(tmp_path, postgres_url):
-    cfg = config(tmp_path, "pg", trials=12, storage=postgres_url)
+    cfg = config(tmp_path, "pg", trials=8, storage=postgres_url)
     proc = start(cfg, 4)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert out.split()[:3] == ["RESULT", "12", "False"]
+    assert out.split()[:3] == ["RESULT", "8", "False"]
     trials = check_exact(cfg)
     assert len({t.user_attrs["worker_pid"] for t in trials}) >= 2  # the work was shared
     assert (tmp_path / "pg" / "report.md").is_file()
@@ -112,7 +112,8 @@ def test_kill_9_of_a_worker_then_resume(tmp_path):
     killed = trials[victim.number]
     assert killed.state.name == "FAIL"
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retries) == 1 and retries[0].params == killed.params
+    # Retried once, with whatever it had suggested before the kill (the rest is suggested anew).
+    assert len(retries) == 1 and killed.params.items() <= retries[0].params.items()
     # A resume of the finished study adds nothing and leaves nothing running.
     proc = start(cfg, 1)
     out, err = proc.communicate(timeout=600)
@@ -122,8 +123,8 @@ def test_kill_9_of_a_worker_then_resume(tmp_path):
 
 
 def test_sigint_to_the_process_group_then_resume(tmp_path):
-    cfg = config(tmp_path, "int", trials=10, seed=7)  # a seed of its own: nothing of it is cached yet
-    cmd = [sys.executable, "-m", "mmlab", "search", "--space", "tiny", "--study", "int", "--trials", "10", "--seed", "7",
+    cfg = config(tmp_path, "int", trials=6, seed=7)  # a seed of its own: nothing of it is cached yet
+    cmd = [sys.executable, "-m", "mmlab", "search", "--space", "tiny", "--study", "int", "--trials", "6", "--seed", "7",
            "--budget-mflops", "0.9", "--signal", "params", "--timing-s", "0.05", "--threads", "1",
            "--results-dir", str(tmp_path), "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
