@@ -61,7 +61,7 @@ def test_round_trips(name):
 def test_key_is_stable_and_short():
     spec = get_preset("t2")
     assert len(spec.key) == 12
-    assert spec.key == get_preset("t2").key
+    assert spec.key == "9de8d1c38d88"  # pinned: a change of the canonical JSON would orphan every cache and study
     assert spec.key != spec.replace(d_state=2).key
     # 1 and 1.0 are the same ratio, hence the same spec.
     assert spec.replace(ssm_ratio=2) == spec
