@@ -11,6 +11,7 @@ import pandas as pd
 from mmlab.reports.plots import draw_pareto
 from mmlab.reports.refine import write_refine_outputs
 from mmlab.reports.tables import markdown_table, write_html
+from mmlab.signals.registry import evidence
 from mmlab.spec.arch import ArchSpec
 from mmlab.spec.space import SearchSpace
 from mmlab.study.pareto import pareto_mask
@@ -73,7 +74,8 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
     front.to_csv(paths["pareto.csv"], index=False)
     budgets = {"macs": config.get("budget_mflops"), "latency": config.get("budget_ms")}
     draw_pareto(frame, front, presets_frame(study), paths["pareto.png"],
-                signal=config.get("signal", "signal"), objectives=tuple(objectives),
+                signal=f"signal: {config.get('signal', 'signal')}\n({evidence(config.get('signal', ''))})",
+                objectives=tuple(objectives),
                 budgets={k: v for k, v in budgets.items() if v is not None})
 
     finished = int((frame["state"] == "COMPLETE").sum()) if not frame.empty else 0
@@ -90,7 +92,7 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
         f"- command: `{command or study.user_attrs.get('command', '')}`",
         f"- budgets: {budgets} (`--budget-mflops` is in millions of MACs, complete count, 1 multiply-add = 1)",
         f"- objectives: {', '.join(f'{o} ({d})' for o, d in zip(objectives, directions))}; "
-        f"signal `{config.get('signal')}` on data `{config.get('data')}`",
+        f"signal `{config.get('signal')}` on data `{config.get('data')}` ({evidence(config.get('signal', ''))})",
         f"- sampler: {_sampler_line(config)}, seed {config.get('seed')}",
         f"- storage: `{meta['storage']}`" + (" (inside this folder)" if "://" not in meta["storage"] else ""),
         f"- trials: {len(frame)} in storage, {finished} finished, {feasible} feasible, front {len(front)}",

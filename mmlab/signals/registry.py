@@ -92,6 +92,17 @@ yet; the only committed one (digits, N = 20, an older geometry and γ = 0) measu
 were defined then, and synflow, the previous default, ranked below params there (ρ −0.15 vs 0.10)."""
 
 
+EVIDENCE: dict[str, str] = {
+    "params": "the default: no proxy has beaten it in a committed check yet",
+}
+"""What a committed proxy-check says of a signal (ρ with its interval, and the data); shown in plots and reports."""
+
+
+def evidence(name: str) -> str:
+    """One line on how far ``name`` is validated as an accuracy signal."""
+    return EVIDENCE.get(name, "not validated by a committed proxy-check (run mmlab proxy-check)")
+
+
 def check_signal(name: str) -> SignalInfo:
     """The signal ``name``, or ``ValueError`` naming the allowed ones."""
     if name not in SIGNALS:
