@@ -625,15 +625,21 @@ def die_with_parent(parent: int | None) -> None:
     PR_SET_PDEATHSIG, and everywhere a watchdog thread that polls the parent pid."""
     if parent is None:
         return
+    armed = False
     if sys.platform.startswith("linux"):
-        import ctypes
+        import ctypes  # inline: Linux only
 
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signals.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, signals.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent:  # it died before we could ask
         os.kill(os.getpid(), signals.SIGTERM)
+        return
+    if armed:
+        # The kernel sends the one SIGTERM; a watchdog's second one would interrupt the first's
+        # clean-up (failing the running trial) and leave that trial RUNNING.
+        return
 
     def watch() -> None:
         while True:

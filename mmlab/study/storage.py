@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,21 @@ def _postgres_url(url: str) -> str:
     raise ValueError(f"storage: {url!r} needs a PostgreSQL driver; install it with pip install -e \".[postgres]\"")
 
 
+def _rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried while another process is creating the same new schema: two
+    processes opening a fresh database at once race on Optuna's table creation (one of them
+    sees ``UNIQUE constraint failed: alembic_version`` or ``already exists``)."""
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as err:  # noqa: BLE001 - only the creation race is retried
+            text = str(err)
+            if attempt == 5 or not ("alembic_version" in text or "already exists" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str, *, create: bool = True, heartbeat: tuple[int, int] | None = None) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url`` (``sqlite:///PATH``, ``postgresql://...``, ``journal:PATH``).
 
@@ -60,7 +76,7 @@ def open_storage(url: str, *, create: bool = True, heartbeat: tuple[int, int] | 
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
             # Several workers share the file: wait for locks instead of failing.
-            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+            storage = _rdb(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
             storage.get_all_studies()  # a file that is not a database fails here, not in a worker
             return storage
         if url.startswith(("journal:", "file:")) or url.endswith((".log", ".journal")):
@@ -70,9 +86,9 @@ def open_storage(url: str, *, create: bool = True, heartbeat: tuple[int, int] | 
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         if url.split("://", 1)[0] in ("postgresql", "postgres"):
             # Fail in seconds on an unreachable server; check pooled connections before use.
-            return optuna.storages.RDBStorage(_postgres_url(url), engine_kwargs={
+            return _rdb(_postgres_url(url), engine_kwargs={
                 "connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}, **beat)
-        return optuna.storages.RDBStorage(url, **beat)
+        return _rdb(url, **beat)
     except ValueError as err:
         if str(err).startswith("storage:"):
             raise

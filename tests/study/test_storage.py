@@ -142,3 +142,19 @@ def test_heartbeat_storage_retries_a_stale_trial_once(tmp_path):
     assert trials[1].params == trials[0].params
     with sqlite3.connect(tmp_path / "h.db") as conn:  # the file really is shared SQLite
         assert conn.execute("select count(*) from trials").fetchone()[0] == 2
+
+
+def test_many_processes_opening_a_fresh_sqlite_file_at_once(tmp_path):
+    """Optuna's schema creation races when several processes open a new database together (seen
+    in CI: 'UNIQUE constraint failed: alembic_version'); open_storage retries that race."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"from mmlab.study.storage import open_storage; open_storage('sqlite:///{tmp_path}/fresh.db')"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+             for _ in range(6)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [e[-300:] for e in errors if e]
