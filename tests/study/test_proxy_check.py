@@ -23,8 +23,12 @@ def test_statistics_by_hand():
     assert kendall(x, y) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant
     assert top_precision(np.array([4.0, 3, 2, 1]), np.array([1.0, 2, 3, 4]), 0.25) == 0.0
     assert regret(x, y) == 0.0 and regret(-x, y) == 30.0
-    z = np.array([1.0, 2.0, 3.0, 4.0])
-    assert partial_spearman(z + 0, y, z) != partial_spearman(x, y, z)
+    z = np.array([2.0, 1.0, 4.0, 3.0])
+    assert partial_spearman(y, y, z) == pytest.approx(1.0)  # a perfect ranking stays perfect given anything
+    assert np.isnan(partial_spearman(z, y, z))  # a signal that is the control has nothing left to say
+    # rxy = 0.8, rxz = 0, ryz = 0.6: (0.8 - 0 * 0.6) / sqrt((1 - 0) * (1 - 0.36)) = 1, since the
+    # one pair x gets wrong is the pair z explains in y.
+    assert partial_spearman(x, y, z) == pytest.approx(1.0)
 
 
 def test_bootstrap_interval_covers_a_known_correlation():
