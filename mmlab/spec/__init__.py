@@ -3,6 +3,7 @@
 from mmlab.spec.ablations import ABLATIONS, Ablation, apply_ablation
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.spec.grid import Grid, expand, load_grid
+from mmlab.spec.params import param_breakdown, param_count
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset, load_spec, preset_names
 from mmlab.spec.space import DEFAULT_SPACE, SearchSpace, space_names
 
@@ -21,6 +22,8 @@ __all__ = [
     "get_preset",
     "load_grid",
     "load_spec",
+    "param_breakdown",
+    "param_count",
     "preset_names",
     "space_names",
 ]
