@@ -16,7 +16,7 @@ import typer
 from mmlab.meter.devices import DEVICES
 from mmlab.meter.runtimes import RUNTIMES
 from mmlab.signals.registry import DEFAULT_SIGNAL, SIGNALS
-from mmlab.spec import PRESETS, ArchSpec, load_spec
+from mmlab.spec import PRESETS, ArchSpec, load_spec, param_count
 from mmlab.spec.space import DEFAULT_SPACE, space_names
 
 app = typer.Typer(
@@ -72,20 +72,11 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _param_count(spec: ArchSpec) -> int:
-    import torch  # inline: only the commands that print parameter counts load torch
-
-    from mmlab.model import build
-
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        return sum(p.numel() for p in build(spec).parameters())
-
-
 @app.command()
 def presets(as_json: JsonOpt = False) -> None:
     """List the registered presets: resolution, parameters (all, incl. frozen wavelet filters), widths, depths."""
     rows = [
-        {"name": name, "resolution": s.resolution, "params": _param_count(s), "widths": s.widths,
+        {"name": name, "resolution": s.resolution, "params": param_count(s), "widths": s.widths,
          "depths": s.depths, "key": s.key}
         for name, s in PRESETS.items()
     ]
@@ -102,7 +93,7 @@ def show(spec: SpecArg, as_json: JsonOpt = False) -> None:
     Examples: `mmlab show t2`, `mmlab show arch.toml --json`.
     """
     arch = resolve_spec(spec)
-    params = _param_count(arch)
+    params = param_count(arch)
     if as_json:
         typer.echo(json.dumps({"key": arch.key, "spec": arch.to_dict(), "splits": arch.splits(), "params": params}, indent=2))
         return

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -60,3 +62,38 @@ def test_show_bad_spec_file_names_the_field(tmp_path):
     assert result.exit_code == 2
     assert "d_state: 0 is not allowed" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def run_without_torch(argv: list[str]) -> str:
+    """Run the CLI in a fresh interpreter; assert it succeeded without loading torch; return its stdout."""
+    script = ("import sys\nfrom mmlab.cli import app\n"
+              f"try:\n    app({argv!r})\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "NO-TORCH", proc.stderr[-500:]
+    return proc.stdout
+
+
+def built_param_count(name: str) -> int:
+    """The count the CLI printed before it had a formula: the built network's parameters."""
+    import torch
+
+    import mmlab
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in mmlab.build(PRESETS[name]).parameters())
+
+
+def test_presets_imports_no_torch_and_prints_the_built_counts():
+    lines = run_without_torch(["presets"]).splitlines()
+    assert lines[0].split()[:3] == ["name", "resolution", "params"]
+    printed = {line.split()[0]: line.split()[2] for line in lines[2:]}
+    assert printed == {name: f"{built_param_count(name):,}" for name in PRESETS}
+
+
+def test_show_imports_no_torch_and_prints_the_built_count():
+    out = run_without_torch(["show", "t2"])
+    assert out.splitlines()[0] == f"spec t2 (key {PRESETS['t2'].key})"
+    assert out.splitlines()[-1] == f"params: {built_param_count('t2'):,} (all parameters, frozen wavelet filters included)"
+    assert json.loads(run_without_torch(["show", "t2", "--json"]))["params"] == built_param_count("t2")
