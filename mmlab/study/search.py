@@ -405,20 +405,24 @@ def reserve(study: optuna.Study, objective: Objective, total: int) -> optuna.Tri
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> TrialState:
     """Evaluate a reserved trial with its heartbeat running; tell the storage how it ended.
 
-    Any exception fails the trial alone; an interrupt (SIGINT / SIGTERM) fails it and propagates.
+    Any exception fails the trial alone; an interrupt (SIGINT / SIGTERM) propagates, and the
+    caller fails the trial (:func:`fail_if_running`), wherever between reserving and telling it came.
     """
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             values = objective(trial)
-        except KeyboardInterrupt:
-            fail_reason(trial, "interrupted (SIGINT / SIGTERM)")
-            _tell(study, trial, state=TrialState.FAIL)
-            raise
         except Exception:
             _tell(study, trial, state=TrialState.FAIL)
             return TrialState.FAIL
     _tell(study, trial, values=values)
     return TrialState.COMPLETE
+
+
+def fail_if_running(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Fail ``trial`` with ``reason`` unless the storage already holds it finished."""
+    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        fail_reason(trial, reason)
+        _tell(study, trial, state=TrialState.FAIL)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
@@ -452,15 +456,16 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
     mine: list[TrialState] = []  # this process's trials, in order
     while True:
         trial = None
-        try:
+        try:  # one handler from reserving to telling: an interrupt anywhere in between fails the trial
             with signals_deferred(), study_mutex(storage, config.storage_url, config.study):
                 if heartbeat:
                     fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry queued
                 trial = reserve(study, objective, config.trials)
-        except KeyboardInterrupt:  # delivered as the signals are let through: the trial never ran
             if trial is not None:
-                fail_reason(trial, "interrupted (SIGINT / SIGTERM)")
-                _tell(study, trial, state=TrialState.FAIL)
+                mine.append(run_trial(study, trial, objective))
+        except KeyboardInterrupt:
+            if trial is not None:
+                fail_if_running(study, trial, "interrupted (SIGINT / SIGTERM)")
             raise
         if trial is None:
             states = Counter(t.state for t in study.get_trials(deepcopy=False))
@@ -470,7 +475,6 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
                 progress(study)
             time.sleep(min(2.0, config.heartbeat_s))  # a running trial may yet fail and free its slot
             continue
-        mine.append(run_trial(study, trial, objective))
         if len(mine) >= 10 and all(s == TrialState.FAIL for s in mine[-10:]):  # a bug, not bad luck
             reason = study._storage.get_trial(trial._trial_id).user_attrs.get("fail_reason", "no reason stored")
             raise SearchFailed(f"the last 10 trials of this worker failed (trial {trial.number}: {reason})")
@@ -481,16 +485,31 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Within: SIGINT and SIGTERM wait (blocked) and are delivered on exit, so an interrupt never
-    lands between taking a trial and recording it (main thread on POSIX; else no change)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signals, "pthread_sigmask"):
+    """Within: SIGINT and SIGTERM are recorded, not acted on, and handed to the handlers they had
+    on exit, synchronously, so an interrupt never lands between taking a trial and recording it.
+
+    A signal mask would not do: it blocks only the calling thread, so the kernel hands a signal to
+    any other thread (heartbeat, parent watcher, database driver) and Python then raises
+    KeyboardInterrupt in the main thread at its next bytecode, inside the region. A recording
+    handler runs in the main thread and raises nothing. Main thread only; elsewhere no change.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signals.pthread_sigmask(signals.SIG_BLOCK, {signals.SIGINT, signals.SIGTERM})
+    caught: list[int] = []
+    previous = {s: signals.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signals.SIGINT, signals.SIGTERM)}
     try:
         yield
     finally:
-        signals.pthread_sigmask(signals.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signals.signal(s, handler)
+        for signum in dict.fromkeys(caught):  # each signal once, in the order it came
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)  # e.g. default_int_handler: KeyboardInterrupt raised here, now
+            elif handler == signals.SIG_DFL:
+                signals.raise_signal(signum)  # the default action (SIGTERM: the process ends)
 
 
 @contextmanager
