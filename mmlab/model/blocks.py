@@ -91,10 +91,27 @@ class LocalBranch(nn.Module):
         return self.bn2(self.dwconv1x1(self.relu(self.bn1(self.dwconv3x3(x)))))
 
     @torch.no_grad()
-    def fuse(self) -> nn.Sequential:
+    def fuse(self) -> "FusedLocalBranch":
         first = conv_like(self.dwconv3x3, *fold_bn(self.dwconv3x3.weight, None, self.bn1))
-        second = conv_like(self.dwconv1x1, *fold_bn(self.dwconv1x1.weight, None, self.bn2))
-        return nn.Sequential(first, nn.ReLU(), second)
+        scale, shift = fold_bn(self.dwconv1x1.weight, None, self.bn2)  # (C, 1, 1, 1), (C,)
+        return FusedLocalBranch(first, scale.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1))
+
+
+class FusedLocalBranch(nn.Module):
+    """Deploy form of :class:`LocalBranch`: ``relu(conv(x)) · scale + shift``, BatchNorms folded.
+
+    The per-channel 1x1 conv and its BN are a per-channel affine map: one ``addcmul`` instead of
+    a convolution call.
+    """
+
+    def __init__(self, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("scale", scale.detach().clone())  # (1, C, 1, 1)
+        self.register_buffer("shift", shift.detach().clone())  # (1, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, torch.relu(self.conv(x)), self.scale)
 
 
 class Mixer(nn.Module):

@@ -3,7 +3,7 @@ import torch
 
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
-from mmlab.model.blocks import GlobalBranch
+from mmlab.model.blocks import ChannelScale, FusedLocalBranch, GlobalBranch, LocalBranch
 from mmlab.model.layers import ConvBN
 from mmlab.model.wavelet import dwt, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
@@ -139,21 +139,55 @@ def _randomise_bn(model: torch.nn.Module) -> None:
             m.running_var = torch.rand(n, generator=g) + 0.5
 
 
-@pytest.mark.parametrize("name", ["tiny", "t2"])
-def test_fuse_matches_unfused(name):
-    spec = PRESETS[name]
-    model = mmlab.build(spec)
+def _randomise_all(model: torch.nn.Module) -> None:
+    """BatchNorm statistics and affines, and every per-channel scale, away from their init values
+    (zero-initialised gammas would hide half of each block from a comparison)."""
     _randomise_bn(model)
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, ChannelScale):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+
+
+def _with_levels(spec: ArchSpec, levels: int) -> ArchSpec:
+    return spec.replace(stages=tuple(s.__class__(**{**s.__dict__, "wavelet_levels": levels}) for s in spec.stages))
+
+
+# A non-preset spec: four scan directions, four states, two wavelet levels (odd 3x3 last stage).
+NON_PRESET = _with_levels(get_preset("t2").replace(scan="cross", d_state=4), 2)
+FUSE_SPECS = {"tiny": TINY, **{name: PRESETS[name] for name in PAPER_PRESETS}, "cross_n4_levels2": NON_PRESET,
+              "db2_wavelet": _variant(wavelet="db2"), "odd_resolution": _variant(resolution=72)}
+
+
+@pytest.mark.parametrize("name", list(FUSE_SPECS))
+def test_fuse_matches_unfused(name):
+    spec = FUSE_SPECS[name]
+    model = mmlab.build(spec)
+    _randomise_all(model)
     model.eval()
     fused = mmlab.fuse(model)
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)) for m in fused.modules())
-    assert not any(isinstance(m, ConvBN) for m in fused.modules())
-    x = torch.randn(2, 3, spec.resolution, spec.resolution)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, ConvBN)) for m in fused.modules())
+    x = torch.randn(1, 3, spec.resolution, spec.resolution)
     with torch.inference_mode():
         ref, out = model(x), fused(x)
-    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    # The deploy form's contract: within 1e-5 of the unfused network, relative to the output scale.
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5
     # The original is untouched unless asked.
     assert any(isinstance(m, ConvBN) for m in model.modules())
+
+
+def test_fused_local_branch_is_one_conv_and_one_multiply_add():
+    torch.manual_seed(6)
+    branch = LocalBranch(12, 5)
+    _randomise_bn(branch)
+    branch.dwconv1x1.weight.data.normal_()
+    branch.eval()
+    fused = branch.fuse()
+    assert isinstance(fused, FusedLocalBranch) and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert [type(m) for m in fused.modules()] == [FusedLocalBranch, torch.nn.Conv2d]  # no per-channel 1x1 conv left
+    x = torch.randn(2, 12, 7, 6)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), branch(x), rtol=1e-5, atol=1e-5)
 
 
 def _read_layout() -> list[tuple[str, tuple[int, ...]]]:
