@@ -74,6 +74,26 @@ class BNLinear(nn.Sequential):
         return out
 
 
+def add_identity(conv: nn.Conv2d) -> nn.Conv2d | None:
+    """``x + conv(x)`` as one conv, or None when ``conv`` has no such form.
+
+    For a depthwise, stride-1, odd-kernel conv with zero "same" padding and as many outputs as
+    inputs, output channel c reads only input channel c and its kernel centre sits on the output
+    pixel, so adding 1 to the centre tap adds x exactly: one conv instead of a conv and an add.
+    """
+    k = conv.kernel_size
+    if not (
+        conv.groups == conv.in_channels == conv.out_channels
+        and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+        and k[0] % 2 == 1 and k[1] % 2 == 1 and conv.padding == (k[0] // 2, k[1] // 2)
+    ):
+        return None
+    weight = conv.weight.detach().clone()
+    weight[:, 0, k[0] // 2, k[1] // 2] += 1.0
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
+    return conv_like(conv, weight, bias)
+
+
 class Residual(nn.Module):
     """``x + m(x)`` (child ``m``)."""
 
@@ -83,6 +103,15 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.m(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Deploy form: the fused child, with the identity folded in when it is a depthwise conv
+        (:func:`add_identity`)."""
+        m = fuse_module(copy.deepcopy(self.m))  # self stays as it is, like every fuse()
+        if isinstance(m, nn.Conv2d) and (folded := add_identity(m)) is not None:
+            return folded
+        return Residual(m)
 
 
 class FFN(nn.Module):
@@ -155,13 +184,15 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         The fused model, in eval mode. Outputs match the unfused model in eval mode.
     """
     model = model if inplace else copy.deepcopy(model)
-
-    def _swap(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            if hasattr(child, "fuse") and callable(child.fuse):
-                setattr(parent, name, child.fuse())
-            else:
-                _swap(child)
-
-    _swap(model)
+    for name, child in model.named_children():
+        setattr(model, name, fuse_module(child))
     return model.eval()
+
+
+def fuse_module(module: nn.Module) -> nn.Module:
+    """``module.fuse()`` if it has one, else ``module`` with each child so replaced (in place)."""
+    if hasattr(module, "fuse") and callable(module.fuse):
+        return module.fuse()
+    for name, child in module.named_children():
+        setattr(module, name, fuse_module(child))
+    return module

@@ -4,7 +4,7 @@ import torch
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedLocalBranch, GlobalBranch, LocalBranch
-from mmlab.model.layers import ConvBN
+from mmlab.model.layers import ConvBN, Residual
 from mmlab.model.wavelet import dwt, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import read_tsv
@@ -188,6 +188,25 @@ def test_fused_local_branch_is_one_conv_and_one_multiply_add():
     x = torch.randn(2, 12, 7, 6)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), branch(x), rtol=1e-5, atol=1e-5)
+
+
+def test_residual_depthwise_conv_folds_into_one_conv():
+    torch.manual_seed(3)
+    res = Residual(ConvBN(8, 8, 3, 1, 1, groups=8))
+    _randomise_bn(res)
+    res.eval()
+    fused = res.fuse()
+    assert isinstance(fused, torch.nn.Conv2d)  # x + conv(x): the identity is in the centre tap
+    x = torch.randn(2, 8, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), res(x), rtol=1e-5, atol=1e-5)
+    # A dense or a 1x1 conv has no such form: it stays a residual around the fused conv.
+    for inner in (ConvBN(8, 8, 3, 1, 1), ConvBN(8, 8, 1)):
+        res = Residual(inner).eval()
+        fused = res.fuse()
+        assert isinstance(fused, Residual) and isinstance(fused.m, torch.nn.Conv2d)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), res(x), rtol=1e-5, atol=1e-5)
 
 
 def _read_layout() -> list[tuple[str, tuple[int, ...]]]:
