@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
 from mmlab.model.layers import FFN, ConvBN, Residual, conv_like, fold_bn
 from mmlab.model.ssm import SS2D
-from mmlab.model.wavelet import dwt, idwt, wavelet_filters
+from mmlab.model.wavelet import wavelet_filters, wavelet_path
 
 
 class ChannelScale(nn.Module):
@@ -51,28 +52,37 @@ class GlobalBranch(nn.Module):
         self.wavelet_scale = nn.ModuleList(ChannelScale(4 * dim, 0.1) for _ in range(levels))
 
     def wavelet_path(self, x: torch.Tensor) -> torch.Tensor:
-        lows, highs, sizes = [], [], []
-        ll = x
-        for conv, scale in zip(self.wavelet_convs, self.wavelet_scale):
-            h, w = ll.shape[-2:]
-            sizes.append((h, w))
-            if h % 2 or w % 2:
-                ll = F.pad(ll, (0, w % 2, 0, h % 2))
-            bands = dwt(ll, self.wt_filter)  # (B, C, 4, h/2, w/2)
-            ll = bands[:, :, 0]  # the unfiltered LL is decomposed again at the next level
-            b, c, _, bh, bw = bands.shape
-            filtered = scale(conv(bands.reshape(b, 4 * c, bh, bw))).reshape(b, c, 4, bh, bw)
-            lows.append(filtered[:, :, 0])
-            highs.append(filtered[:, :, 1:])
-        out = 0
-        for low, high, (h, w) in zip(reversed(lows), reversed(highs), reversed(sizes)):
-            bands = torch.cat([(low + out).unsqueeze(2), high], dim=2)  # (B, C, 4, h', w')
-            out = idwt(bands, self.iwt_filter)[:, :, :h, :w]
-        return out
+        return wavelet_path(x, self.wt_filter, self.iwt_filter, self.wavelet_convs, self.wavelet_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_scale(self.ssm(x))
         return y + self.wavelet_path(x) if self.levels else y
+
+    @torch.no_grad()
+    def fuse(self) -> "FusedGlobalBranch":
+        return FusedGlobalBranch(self)
+
+
+class FusedGlobalBranch(nn.Module):
+    """Deploy form of :class:`GlobalBranch`, same outputs: ``base_scale`` folded into the SS2D's
+    out_proj, each level's sub-band scale into its conv.
+    """
+
+    def __init__(self, trained: GlobalBranch) -> None:
+        super().__init__()
+        self.ssm = trained.ssm.fuse(out_scale=trained.base_scale.weight)
+        self.levels = trained.levels
+        if not self.levels:
+            return
+        self.register_buffer("wt_filter", trained.wt_filter.detach().clone())
+        self.register_buffer("iwt_filter", trained.iwt_filter.detach().clone())
+        self.wavelet_convs = copy.deepcopy(trained.wavelet_convs)
+        for conv, scale in zip(self.wavelet_convs, trained.wavelet_scale):
+            conv.weight.mul_(scale.weight.reshape(-1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ssm(x)
+        return y + wavelet_path(x, self.wt_filter, self.iwt_filter, self.wavelet_convs) if self.levels else y
 
 
 class LocalBranch(nn.Module):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlab.model.layers import ConvBN, LayerNorm2d
+from mmlab.model.layers import ConvBN, LayerNorm2d, conv_like
 from mmlab.model.scan import selective_scan_fast, selective_scan_ref, selective_scan_triton, triton_scan_applies
 
 DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
@@ -112,27 +113,88 @@ class SS2D(nn.Module):
         # "chunked": always the chunked path; "ref": the readable reference (tests, debugging).
         self.scan_impl = "fast"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        k, di, r, n, seq = self.x_proj_weight.shape[0], self.d_inner, self.dt_rank, self.d_state, h * w
-        x, z = self.in_proj(x).chunk(2, dim=1)  # (B, Di, H, W) each
-        z = F.silu(z)
-        x = F.silu(self.conv2d(x))
-        xs = scan_sequences(x, self.mode).reshape(b, k * di, seq)  # (B, K*Di, L)
+    def constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The scan's input-independent tensors in its compute ``dtype``: A (K·Di, N), D (K·Di,), Δ bias (K·Di,)."""
+        return -torch.exp(self.A_logs.to(dtype)), self.Ds.to(dtype), self.dt_projs_bias.reshape(-1).to(dtype)
+
+    def project(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-direction projections of the sequences xs (B, K·Di, L): Δ (B, K·Di, L), B and C (B, K, N, L)."""
+        b, _, seq = xs.shape
+        k, di, r, n = self.directions, self.d_inner, self.dt_rank, self.d_state
         # Grouped 1x1 conv1d = one projection per direction.
         x_dbl = F.conv1d(xs, self.x_proj_weight.reshape(-1, di, 1), groups=k)  # (B, K*(R+2N), L)
         dts, bs, cs = x_dbl.reshape(b, k, r + 2 * n, seq).split([r, n, n], dim=2)
         dts = F.conv1d(dts.reshape(b, k * r, seq), self.dt_projs_weight.reshape(k * di, r, 1), groups=k)
-        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 for fp16 / bf16 / fp32, fp64 kept
-        A, D, dt_bias = -torch.exp(self.A_logs.to(dtype)), self.Ds.to(dtype), self.dt_projs_bias.reshape(-1).to(dtype)
-        args = (xs, dts, A, bs, cs, D, dt_bias)
+        return dts, bs, cs
+
+    def scan(self, *args: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The selective scan on ``(u, Δ, A, B, C, D, Δ bias)`` along ``scan_impl``'s path, in ``dtype``."""
         if self.scan_impl == "fast" and triton_scan_applies(*args, dtype=dtype):
-            y = selective_scan_triton(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)  # (B, K*Di, L), fp32
-        elif self.scan_impl in ("fast", "chunked"):
-            y = SelectiveScan.apply(*args)  # (B, K*Di, L), in dtype
-        else:
-            y = selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
-        y = y.to(x.dtype)
+            return selective_scan_triton(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)  # fp32
+        if self.scan_impl in ("fast", "chunked"):
+            return SelectiveScan.apply(*args)
+        return selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        k, di, seq = self.directions, self.d_inner, h * w
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 for fp16 / bf16 / fp32, fp64 kept
+        A, D, dt_bias = self.constants(dtype)
+        x, z = self.in_proj(x).chunk(2, dim=1)  # (B, Di, H, W) each
+        z = F.silu(z)
+        x = F.silu(self.conv2d(x))
+        xs = scan_sequences(x, self.mode).reshape(b, k * di, seq)  # (B, K*Di, L)
+        dts, bs, cs = self.project(xs)
+        y = self.scan(xs, dts, A, bs, cs, D, dt_bias, dtype=dtype).to(x.dtype)  # (B, K*Di, L)
         y = merge_sequences(y.reshape(b, k, di, seq), h, w)  # (B, Di, H, W)
         y = self.out_norm(y) * z
         return self.out_proj(y)
+
+    @property
+    def directions(self) -> int:
+        """K, the number of scan directions."""
+        return DIRECTIONS[self.mode]
+
+    @torch.no_grad()
+    def fuse(self, out_scale: torch.Tensor | None = None) -> "FusedSS2D":
+        """Deploy form (:class:`FusedSS2D`); ``out_scale`` (Dim,) multiplies the output, folded into out_proj."""
+        return FusedSS2D(self, out_scale)
+
+
+class FusedSS2D(SS2D):
+    """Deploy form of :class:`SS2D`, same outputs: in_proj / out_proj BatchNorms folded, an optional
+    per-channel output scale folded into out_proj, the input-independent tensors of
+    :meth:`SS2D.constants` computed once (buffers), and the projections as batched matrix
+    products. Still an ``SS2D`` (``scan_impl`` applies).
+    """
+
+    def __init__(self, trained: SS2D, out_scale: torch.Tensor | None = None) -> None:
+        nn.Module.__init__(self)
+        self.mode, self.d_inner, self.dt_rank, self.d_state = trained.mode, trained.d_inner, trained.dt_rank, trained.d_state
+        self.scan_impl = trained.scan_impl
+        self.in_proj = trained.in_proj.fuse()
+        out_proj = trained.out_proj.fuse()
+        if out_scale is not None:
+            scale = out_scale.reshape(-1)
+            out_proj = conv_like(out_proj, out_proj.weight * scale[:, None, None, None], out_proj.bias * scale)
+        self.out_proj = out_proj
+        self.conv2d = copy.deepcopy(trained.conv2d)
+        self.out_norm = copy.deepcopy(trained.out_norm)
+        dtype = torch.promote_types(trained.A_logs.dtype, torch.float32)
+        for name, value in zip(("A", "D", "dt_bias"), trained.constants(dtype)):
+            self.register_buffer(name, value.detach().clone())
+        self.register_buffer("x_proj", trained.x_proj_weight.detach().clone())  # (K, R+2N, Di)
+        self.register_buffer("dt_proj", trained.dt_projs_weight.detach().clone())  # (K, Di, R)
+
+    def constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.A.to(dtype), self.D.to(dtype), self.dt_bias.to(dtype)
+
+    def project(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`SS2D.project`, as two batched matrix products over the K directions (a grouped
+        1-D conv takes a slow per-group path on CPU)."""
+        b, _, seq = xs.shape
+        k, di, r, n = self.directions, self.d_inner, self.dt_rank, self.d_state
+        x_dbl = torch.matmul(self.x_proj, xs.reshape(b, k, di, seq))  # (B, K, R+2N, L)
+        dts, bs, cs = x_dbl.split([r, n, n], dim=2)
+        dts = torch.matmul(self.dt_proj, dts)  # (B, K, Di, L)
+        return dts.reshape(b, k * di, seq), bs, cs

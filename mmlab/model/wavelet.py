@@ -64,3 +64,41 @@ def idwt(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     pad = filters.shape[-1] // 2 - 1
     x = x.reshape(b, 4 * c, h, w)  # (B, C, 4, h, w) -> (B, 4C, h, w)
     return F.conv_transpose2d(x, filters.to(x.dtype), stride=2, padding=pad, groups=c)
+
+
+def wavelet_path(
+    x: torch.Tensor, dec: torch.Tensor, rec: torch.Tensor, convs: list, scales: list | None = None
+) -> torch.Tensor:
+    """MobileMamba's wavelet path: ``len(convs)`` levels down, each level's four sub-bands filtered,
+    then reconstructed from the coarsest level up (the readable form; see :func:`fold_haar_level`).
+
+    Args:
+        x: (B, C, H, W), any H, W: odd sizes are zero-padded at the bottom / right, then cropped.
+        dec, rec: (4C, 1, k, k) analysis and synthesis filters repeated per channel.
+        convs: one module per level mapping the (B, 4C, h, w) sub-bands to filtered sub-bands.
+        scales: one module per level applied after its conv, or None (scales folded into the convs).
+
+    Returns:
+        (B, C, H, W).
+    """
+    lows, highs, sizes = [], [], []
+    ll = x
+    for i, conv in enumerate(convs):
+        h, w = ll.shape[-2:]
+        sizes.append((h, w))
+        if h % 2 or w % 2:
+            ll = F.pad(ll, (0, w % 2, 0, h % 2))
+        bands = dwt(ll, dec)  # (B, C, 4, h/2, w/2)
+        ll = bands[:, :, 0]  # the unfiltered LL is decomposed again at the next level
+        b, c, _, bh, bw = bands.shape
+        filtered = conv(bands.reshape(b, 4 * c, bh, bw))
+        if scales is not None:
+            filtered = scales[i](filtered)
+        filtered = filtered.reshape(b, c, 4, bh, bw)
+        lows.append(filtered[:, :, 0])
+        highs.append(filtered[:, :, 1:])
+    out = 0
+    for low, high, (h, w) in zip(reversed(lows), reversed(highs), reversed(sizes)):
+        bands = torch.cat([(low + out).unsqueeze(2), high], dim=2)  # (B, C, 4, h', w')
+        out = idwt(bands, rec)[:, :, :h, :w]
+    return out

@@ -3,7 +3,7 @@ import torch
 
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
-from mmlab.model.blocks import ChannelScale, FusedLocalBranch, GlobalBranch, LocalBranch
+from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
 from mmlab.model.layers import ConvBN, Residual
 from mmlab.model.wavelet import dwt, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
@@ -166,7 +166,7 @@ def test_fuse_matches_unfused(name):
     _randomise_all(model)
     model.eval()
     fused = mmlab.fuse(model)
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, ConvBN)) for m in fused.modules())
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, ConvBN, ChannelScale)) for m in fused.modules())
     x = torch.randn(1, 3, spec.resolution, spec.resolution)
     with torch.inference_mode():
         ref, out = model(x), fused(x)
@@ -207,6 +207,22 @@ def test_residual_depthwise_conv_folds_into_one_conv():
         assert isinstance(fused, Residual) and isinstance(fused.m, torch.nn.Conv2d)
         with torch.no_grad():
             torch.testing.assert_close(fused(x), res(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("levels", "wavelet"), [(0, "db1"), (1, "db1"), (2, "db1"), (1, "db2")])
+def test_fused_global_branch(levels, wavelet):
+    torch.manual_seed(5)
+    branch = GlobalBranch(8, 3, levels, wavelet, 16, 2, 1, "bidi")
+    _randomise_all(branch)
+    for conv in branch.wavelet_convs:
+        conv.weight.data.normal_()
+    branch.eval()
+    fused = branch.fuse()
+    assert isinstance(fused, FusedGlobalBranch)
+    x = torch.randn(1, 8, 7, 7)
+    with torch.inference_mode():
+        ref = branch(x)
+        assert ((fused(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
 
 
 def _read_layout() -> list[tuple[str, tuple[int, ...]]]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mmlab.model import scan as scan_module
 from mmlab.model.scan import selective_scan_fast, selective_scan_ref, selective_scan_triton, triton_scan_applies
-from mmlab.model.ssm import SS2D, SelectiveScan
+from mmlab.model.ssm import SS2D, FusedSS2D, SelectiveScan
 
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
@@ -135,6 +135,27 @@ def test_rejects_inconsistent_shapes():
     inputs["B"] = inputs["B"][..., :-1]
     with pytest.raises(ValueError, match="selective scan shapes"):
         selective_scan_fast(**inputs)
+
+
+@pytest.mark.parametrize("mode", ["forward", "bidi", "cross"])
+def test_fused_ss2d_equals_reference(mode):
+    layer = SS2D(16, 32, 3, d_state=2, mode=mode).eval()
+    with torch.no_grad():
+        for name in ("A_logs", "Ds", "dt_projs_bias"):
+            getattr(layer, name).uniform_(-0.5, 0.5)
+    scale = torch.rand(16) + 0.5
+    fused = layer.fuse(out_scale=scale)
+    assert isinstance(fused, FusedSS2D) and isinstance(fused, SS2D)
+    x = torch.randn(2, 16, 5, 7)
+    layer.scan_impl = "ref"
+    ref = layer(x) * scale[:, None, None]
+    with torch.inference_mode():
+        assert rel(fused(x), ref) < 1e-5
+    y = fused(x)  # still differentiable
+    assert y.requires_grad and rel(y.detach(), ref.detach()) < 1e-5
+    fused.scan_impl = "ref"
+    with torch.inference_mode():
+        assert rel(fused(x), ref) < 1e-5
 
 
 def test_autograd_function_matches_fast_path():
