@@ -10,7 +10,7 @@ from torch import nn
 
 from mmlab.model.layers import FFN, ConvBN, Residual, conv_like, fold_bn
 from mmlab.model.ssm import SS2D
-from mmlab.model.wavelet import wavelet_filters, wavelet_path
+from mmlab.model.wavelet import fold_haar_level, haar_level, wavelet_filters, wavelet_path
 
 
 class ChannelScale(nn.Module):
@@ -64,15 +64,26 @@ class GlobalBranch(nn.Module):
 
 
 class FusedGlobalBranch(nn.Module):
-    """Deploy form of :class:`GlobalBranch`, same outputs: ``base_scale`` folded into the SS2D's
-    out_proj, each level's sub-band scale into its conv.
+    """Deploy form of :class:`GlobalBranch`, same outputs.
+
+    ``base_scale`` is folded into the SS2D's out_proj and each level's sub-band scale into its
+    conv; a one-level transform with 2×2 filters (Haar: every released model) becomes one
+    stride-2 conv and a pixel shuffle (:func:`~mmlab.model.wavelet.fold_haar_level`); other
+    transforms keep the level-by-level path.
     """
 
     def __init__(self, trained: GlobalBranch) -> None:
         super().__init__()
         self.ssm = trained.ssm.fuse(out_scale=trained.base_scale.weight)
         self.levels = trained.levels
+        self.folded_level = False
         if not self.levels:
+            return
+        self.folded_level = self.levels == 1 and trained.wt_filter.shape[-1] == 2
+        if self.folded_level:
+            scale = trained.wavelet_scale[0].weight.reshape(-1)
+            weight = fold_haar_level(trained.wt_filter, trained.wavelet_convs[0].weight, scale, trained.iwt_filter)
+            self.register_buffer("wavelet_weight", weight.detach().clone())
             return
         self.register_buffer("wt_filter", trained.wt_filter.detach().clone())
         self.register_buffer("iwt_filter", trained.iwt_filter.detach().clone())
@@ -82,6 +93,8 @@ class FusedGlobalBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ssm(x)
+        if self.folded_level:
+            return y + haar_level(x, self.wavelet_weight)
         return y + wavelet_path(x, self.wt_filter, self.iwt_filter, self.wavelet_convs) if self.levels else y
 
 

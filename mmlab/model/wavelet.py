@@ -102,3 +102,46 @@ def wavelet_path(
         bands = torch.cat([(low + out).unsqueeze(2), high], dim=2)  # (B, C, 4, h', w')
         out = idwt(bands, rec)[:, :, :h, :w]
     return out
+
+
+def fold_haar_level(dec: torch.Tensor, conv_weight: torch.Tensor, scale: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    """A one-level wavelet path with 2×2 filters (Haar) as the weights of one grouped conv.
+
+    ``idwt(scale · conv(dwt(x)))``, with ``conv`` depthwise k×k (k odd, zero "same" padding), is
+    per channel: sub-band j = the stride-2 2×2 filter f_j, then K_j on the half-size grid, which is
+    one stride-2 conv with the 2k×2k kernel kron(K_j, f_j) and padding k-1 (zeros around x are zeros
+    around the sub-bands); the synthesis puts Σ_j g_j[p, q]·(sub-band j) at sub-pixel (p, q) of each
+    2×2 output block. A stride-2 conv is a stride-1 conv on the pixel-unshuffled input (the four
+    sub-pixels of a 2×2 block as four channels), so the whole path is ``pixel_unshuffle``, a k×k
+    conv with C groups of 4 → 4 channels, and ``pixel_shuffle`` (:func:`haar_level`): three ops
+    instead of about twelve, and no strided or transposed depthwise conv (slow paths on CPU).
+
+    Args:
+        dec, rec: (4C, 1, 2, 2) analysis and synthesis filters repeated per channel.
+        conv_weight: (4C, 1, k, k) the sub-band conv (groups 4C).
+        scale: (4C,) the per-sub-band scale after it.
+
+    Returns:
+        (4C, 4, k, k) weights: output channel 4c + 2p + q is sub-pixel (p, q) of channel c, input
+        channel 4c + 2p' + q' sub-pixel (p', q') of channel c.
+    """
+    c4, _, k, _ = conv_weight.shape
+    if dec.shape != (c4, 1, 2, 2) or rec.shape != dec.shape or k % 2 == 0:
+        raise ValueError(f"fold_haar_level: filters {tuple(dec.shape)} and conv {tuple(conv_weight.shape)} are not "
+                         f"allowed; needs (4C, 1, 2, 2) filters and an odd kernel")
+    banded = conv_weight[:, 0] * scale.reshape(c4, 1, 1)  # (4C, k, k)
+    per_band = torch.einsum("nab,npq->napbq", banded, dec[:, 0]).reshape(c4 // 4, 4, k, 2, k, 2)  # kron(K_j, f_j)
+    synth = rec[:, 0].reshape(c4 // 4, 4, 2, 2)  # (C, band j, p, q)
+    stride2 = torch.einsum("cjpq,cjaubv->cpqaubv", synth, per_band)  # (C, p, q, a, p', b, q'): the stride-2 kernel
+    return stride2.permute(0, 1, 2, 4, 6, 3, 5).reshape(c4, 4, k, k).contiguous()
+
+
+def haar_level(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The folded one-level path of :func:`fold_haar_level` on x (B, C, H, W), any H, W → (B, C, H, W)."""
+    h, w = x.shape[-2:]
+    odd = h % 2 or w % 2
+    if odd:  # as the reference: zero-pad to even at the bottom / right, crop afterwards
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+    y = F.conv2d(F.pixel_unshuffle(x, 2), weight, padding=weight.shape[-1] // 2, groups=x.shape[1])
+    y = F.pixel_shuffle(y, 2)
+    return y[:, :, :h, :w] if odd else y

@@ -5,7 +5,7 @@ import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
 from mmlab.model.layers import ConvBN, Residual
-from mmlab.model.wavelet import dwt, idwt, wavelet_filters
+from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import read_tsv
 
@@ -209,8 +209,30 @@ def test_residual_depthwise_conv_folds_into_one_conv():
             torch.testing.assert_close(fused(x), res(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("levels", "wavelet"), [(0, "db1"), (1, "db1"), (2, "db1"), (1, "db2")])
-def test_fused_global_branch(levels, wavelet):
+@pytest.mark.parametrize("kernel", [1, 3, 7])
+@pytest.mark.parametrize("side", [(6, 6), (7, 7), (5, 8)])
+def test_folded_haar_level_equals_the_wavelet_path(kernel, side):
+    torch.manual_seed(4)
+    branch = GlobalBranch(8, kernel, 1, "db1", 16, 1, 1, "bidi")
+    branch.wavelet_convs[0].weight.data.normal_()
+    branch.wavelet_scale[0].weight.data.uniform_(0.5, 1.5)
+    weight = fold_haar_level(branch.wt_filter, branch.wavelet_convs[0].weight, branch.wavelet_scale[0].weight.reshape(-1),
+                             branch.iwt_filter)
+    assert weight.shape == (32, 4, kernel, kernel)
+    x = torch.randn(2, 8, *side)
+    with torch.no_grad():
+        ref = branch.wavelet_path(x)
+        assert ((haar_level(x, weight) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+
+
+def test_fold_haar_level_rejects_longer_filters():
+    branch = GlobalBranch(8, 3, 1, "db2", 16, 1, 1, "bidi")
+    with pytest.raises(ValueError, match="fold_haar_level"):
+        fold_haar_level(branch.wt_filter, branch.wavelet_convs[0].weight, torch.ones(32), branch.iwt_filter)
+
+
+@pytest.mark.parametrize(("levels", "wavelet", "folded"), [(0, "db1", False), (1, "db1", True), (2, "db1", False), (1, "db2", False)])
+def test_fused_global_branch(levels, wavelet, folded):
     torch.manual_seed(5)
     branch = GlobalBranch(8, 3, levels, wavelet, 16, 2, 1, "bidi")
     _randomise_all(branch)
@@ -218,7 +240,7 @@ def test_fused_global_branch(levels, wavelet):
         conv.weight.data.normal_()
     branch.eval()
     fused = branch.fuse()
-    assert isinstance(fused, FusedGlobalBranch)
+    assert isinstance(fused, FusedGlobalBranch) and fused.folded_level == folded
     x = torch.randn(1, 8, 7, 7)
     with torch.inference_mode():
         ref = branch(x)
