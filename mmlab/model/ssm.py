@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmlab.model.layers import ConvBN, LayerNorm2d, conv_like
-from mmlab.model.scan import selective_scan_fast, selective_scan_ref, selective_scan_triton, triton_scan_applies
+from mmlab.model.scan import (
+    selective_scan_fast, selective_scan_infer, selective_scan_ref, selective_scan_triton, triton_scan_applies,
+)
 
 DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
 
@@ -164,8 +166,8 @@ class SS2D(nn.Module):
 class FusedSS2D(SS2D):
     """Deploy form of :class:`SS2D`, same outputs: in_proj / out_proj BatchNorms folded, an optional
     per-channel output scale folded into out_proj, the input-independent tensors of
-    :meth:`SS2D.constants` computed once (buffers), and the projections as batched matrix
-    products. Still an ``SS2D`` (``scan_impl`` applies).
+    :meth:`SS2D.constants` computed once (buffers), the projections as batched matrix products,
+    and on CPU without autograd the in-place scan. Still an ``SS2D`` (``scan_impl`` applies).
     """
 
     def __init__(self, trained: SS2D, out_scale: torch.Tensor | None = None) -> None:
@@ -198,3 +200,12 @@ class FusedSS2D(SS2D):
         dts, bs, cs = x_dbl.split([r, n, n], dim=2)
         dts = torch.matmul(self.dt_proj, dts)  # (B, K, Di, L)
         return dts.reshape(b, k * di, seq), bs, cs
+
+    def scan(self, *args: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """As :meth:`SS2D.scan`, but ``fast`` without a gradient wanted (inference) on CPU is the
+        in-place :func:`~mmlab.model.scan.selective_scan_infer`."""
+        if self.scan_impl == "fast" and not triton_scan_applies(*args, dtype=dtype) and not (
+            torch.is_grad_enabled() and any(t.requires_grad for t in args)
+        ):
+            return selective_scan_infer(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
+        return super().scan(*args, dtype=dtype)

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from mmlab.model import scan as scan_module
-from mmlab.model.scan import selective_scan_fast, selective_scan_ref, selective_scan_triton, triton_scan_applies
+from mmlab.model.scan import (
+    selective_scan_fast, selective_scan_infer, selective_scan_ref, selective_scan_triton, triton_scan_applies,
+)
 from mmlab.model.ssm import SS2D, FusedSS2D, SelectiveScan
 
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -137,8 +139,49 @@ def test_rejects_inconsistent_shapes():
         selective_scan_fast(**inputs)
 
 
+# --- the forward-only in-place path (fused networks, inference) ---------------------------------
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("chunk", [None, 1, 3, 8, 50])
+def test_infer_matches_reference(shape, chunk):
+    inputs = make_inputs(*shape)
+    y = selective_scan_infer(**inputs, chunk=chunk)
+    assert y.dtype == torch.float32 and y.shape == inputs["u"].shape
+    assert rel(y, selective_scan_ref(**inputs)) < 1e-5
+
+
+@pytest.mark.parametrize(("with_d", "with_bias", "softplus"), [(False, False, False), (True, False, True), (False, True, True)])
+def test_infer_options(with_d, with_bias, softplus):
+    inputs = make_inputs(2, 2, 4, 30, 1, with_d=with_d, with_bias=with_bias)
+    inputs["delta"] = inputs["delta"].abs()
+    ref = selective_scan_ref(**inputs, delta_softplus=softplus)
+    assert rel(selective_scan_infer(**inputs, delta_softplus=softplus), ref) < 1e-5
+
+
+def test_infer_hand_case_strong_decay_long_sequence_and_float64():
+    u = torch.tensor([[[1.0, 2.0, -1.0]]])
+    delta = torch.tensor([[[0.5, 1.0, 2.0]]])
+    A, D = torch.tensor([[-1.0]]), torch.tensor([0.5])
+    B, C = torch.tensor([[[[1.0, 0.5, 2.0]]]]), torch.tensor([[[[2.0, 1.0, -1.0]]]])
+    h1 = 0.5
+    h2 = math.exp(-1.0) * h1 + 1.0
+    h3 = math.exp(-2.0) * h2 - 4.0
+    expected = torch.tensor([[[2 * h1 + 0.5, h2 + 1.0, -h3 - 0.5]]])
+    for chunk in (None, 2, 3, 4):
+        torch.testing.assert_close(selective_scan_infer(u, delta, A, B, C, D=D, delta_softplus=False, chunk=chunk), expected)
+    strong = make_inputs(1, 2, 4, 1024, 1)
+    strong["delta"] = strong["delta"] * 60  # decays underflow to exactly 0
+    assert rel(selective_scan_infer(**strong), selective_scan_ref(**strong)) < 1e-5
+    long = make_inputs(1, 2, 4, 4096, 1)
+    y = selective_scan_infer(**long)
+    assert torch.isfinite(y).all() and rel(y, selective_scan_ref(**long)) < 1e-5
+    inputs = {k: v.double() for k, v in make_inputs(1, 2, 4, 9, 2).items()}
+    y = selective_scan_infer(**inputs, dtype=torch.float64)
+    assert y.dtype == torch.float64 and rel(y, selective_scan_ref(**inputs, dtype=torch.float64)) < 1e-12
+
+
 @pytest.mark.parametrize("mode", ["forward", "bidi", "cross"])
-def test_fused_ss2d_equals_reference(mode):
+def test_fused_ss2d_takes_the_infer_path_only_without_grad(mode, monkeypatch):
     layer = SS2D(16, 32, 3, d_state=2, mode=mode).eval()
     with torch.no_grad():
         for name in ("A_logs", "Ds", "dt_projs_bias"):
@@ -147,15 +190,20 @@ def test_fused_ss2d_equals_reference(mode):
     fused = layer.fuse(out_scale=scale)
     assert isinstance(fused, FusedSS2D) and isinstance(fused, SS2D)
     x = torch.randn(2, 16, 5, 7)
+    calls = []
+    real = selective_scan_infer
+    monkeypatch.setattr("mmlab.model.ssm.selective_scan_infer", lambda *a, **k: calls.append(1) or real(*a, **k))
     layer.scan_impl = "ref"
     ref = layer(x) * scale[:, None, None]
     with torch.inference_mode():
         assert rel(fused(x), ref) < 1e-5
-    y = fused(x)  # still differentiable
-    assert y.requires_grad and rel(y.detach(), ref.detach()) < 1e-5
+    assert calls == [1]
+    y = fused(x)  # grad mode, parameters requiring grad: the autograd path
+    assert calls == [1] and y.requires_grad and rel(y.detach(), ref.detach()) < 1e-5
     fused.scan_impl = "ref"
     with torch.inference_mode():
         assert rel(fused(x), ref) < 1e-5
+    assert calls == [1]
 
 
 def test_autograd_function_matches_fast_path():
