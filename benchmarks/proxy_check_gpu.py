@@ -1,9 +1,16 @@
 """Run a proxy check on one GPU with several processes at once, within a deadline, then write its report.
 
-The check is prepared once (sample.json / check.json: `mmlab proxy-check` or
-``mmlab.study.proxy_check.prepare``) and every process takes every K-th run (``shard``); rows are
-appended as runs finish, so a deadline or a kill loses only the runs in flight, and the same
-command (or `mmlab proxy-check` with the same settings on any device) resumes.
+Before any shard starts, this process prepares the check once (sample.json / check.json, with
+the MAC counts of every sampled architecture) and computes the ensemble's reference sample once,
+all into one measurement cache that the shards share (MMLAB_CACHE_DIR, default ~/.cache/mmlab):
+otherwise every shard would count hundreds of architectures with fvcore and score the reference
+sample again, and a short deadline would end before the first row. Then every process takes
+every K-th run (``shard``); rows are appended as runs finish, so a deadline or a kill loses only
+the runs in flight, and the same command (or `mmlab proxy-check` with the same settings on any
+device) resumes. ``--prepare-only`` stops after the preparation (e.g. on CPU, to ship the folder).
+
+On a lent device: results/*/ is git-ignored, so carry the prepared folder with the run
+(``carry: ["results/proxy_check_fashion_mnist"]``) and fetch rows.jsonl back from $OUT.
 
     python benchmarks/proxy_check_gpu.py --shards 8 --deadline-s 300 \
         --n 48 --epochs 3 --max-per-class 2000 --batch-size 128 --retest 12
@@ -32,6 +39,18 @@ proxy_check(s, results_dir={results!r}, shard=({i}, {k}), write=False,
 """
 
 
+def warm(settings: dict, results_dir: str) -> None:
+    """Prepare the check and fill the shared cache with what every shard would otherwise redo."""
+    from mmlab.meter.cache import MeasurementCache
+    from mmlab.study.candidate import cached_score
+    from mmlab.study.proxy_check import CheckSettings, prepare
+
+    s = CheckSettings(**settings)
+    _, sample = prepare(s, results_dir)  # draws the sample and caches every candidate's counts
+    if "ensemble" in s.signals:  # its first call computes and caches the space's reference sample
+        cached_score(sample[0], "ensemble", s.score(s.seed), MeasurementCache())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
@@ -44,14 +63,19 @@ def main() -> int:
     ap.add_argument("--space", default="default")
     ap.add_argument("--budget-mflops", type=float, default=300.0, help="0: no budget")
     ap.add_argument("--shards", type=int, default=8)
-    ap.add_argument("--deadline-s", type=float, default=300.0)
+    ap.add_argument("--deadline-s", type=float, default=300.0, help="wall-clock budget of the whole run, preparation included")
     ap.add_argument("--results-dir", default="results")
+    ap.add_argument("--prepare-only", action="store_true", help="prepare the sample and warm the cache, then stop")
     args = ap.parse_args()
     settings = {"data": args.data, "n": args.n, "epochs": args.epochs, "max_per_class": args.max_per_class,
                 "batch_size": args.batch_size, "retest": args.retest, "device": args.device, "space": args.space,
                 "budget_mflops": args.budget_mflops or None}
     threads = max(1, (os.cpu_count() or 2) // args.shards)
     started = time.perf_counter()
+    warm(settings, args.results_dir)
+    print(f"prepared in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.prepare_only:
+        return 0
     procs = [subprocess.Popen([sys.executable, "-c", SHARD.format(threads=threads, settings=settings,
                                                                  results=args.results_dir, i=i, k=args.shards)])
              for i in range(args.shards)]
