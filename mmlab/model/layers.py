@@ -186,6 +186,13 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     model = model if inplace else copy.deepcopy(model)
     for name, child in model.named_children():
         setattr(model, name, fuse_module(child))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                # Channels-last weights make CPU convs take oneDNN's channels-last kernels (and give
+                # channels-last outputs, so the next conv needs no reorder): depthwise convs ~40%
+                # faster at these map sizes, and 1x1 convs on small maps off the slow thnn path.
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return model.eval()
 
 

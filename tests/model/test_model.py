@@ -167,6 +167,7 @@ def test_fuse_matches_unfused(name):
     model.eval()
     fused = mmlab.fuse(model)
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, ConvBN, ChannelScale)) for m in fused.modules())
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in fused.modules() if isinstance(m, torch.nn.Conv2d))
     x = torch.randn(1, 3, spec.resolution, spec.resolution)
     with torch.inference_mode():
         ref, out = model(x), fused(x)
