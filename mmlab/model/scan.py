@@ -222,7 +222,7 @@ def selective_scan_infer(
     """
     _check_shapes(u, delta, A, B, C)
     batch, channels, length = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
+    groups = B.shape[1]
     per_group = channels // groups
     t_len = chunk or max(1, math.isqrt(length))
     n_chunks = -(-length // t_len)
@@ -233,12 +233,40 @@ def selective_scan_infer(
         x = F.pad(x.to(dtype), (0, pad)) if pad else x.to(dtype)
         return x.unflatten(-1, (n_chunks, t_len)).transpose(-1, -2).contiguous()
 
-    u_c = to_chunks(u.reshape(batch, groups, per_group, 1, length))  # (batch, K, Di, 1, T, chunks)
-    delta_c = to_chunks(  # padded δ = 0: decay 1, input 0, the state is kept
-        _step_sizes(delta, delta_bias, delta_softplus, dtype).reshape(batch, groups, per_group, 1, length)
-    )
-    decay = torch.exp(delta_c * A.to(dtype).reshape(groups, per_group, n_state, 1, 1))  # (batch, K, Di, N, T, chunks)
-    h = delta_c * u_c * to_chunks(B[:, :, None])  # the drive δ·u·B; becomes the state in place
+    y = selective_scan_chunked(  # padded δ = 0: decay 1, input 0, the state is kept
+        to_chunks(u.reshape(batch, groups, per_group, length)),
+        to_chunks(_step_sizes(delta, delta_bias, delta_softplus, dtype).reshape(batch, groups, per_group, length)),
+        A, to_chunks(B), to_chunks(C), D,
+    )  # (batch, K, Di, T, chunks)
+    y = y.transpose(-1, -2).reshape(batch, channels, n_chunks * t_len)  # (batch, K*Di, T·chunks)
+    return y[..., :length]
+
+
+def selective_scan_chunked(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The in-place scan of :func:`selective_scan_infer` on sequences already cut into chunks.
+
+    A caller that can produce its sequences directly in this layout (FusedSS2D: a row-major
+    sequence of an H x W map in chunks of T = W is the transposed map) saves the transposing
+    copies in and out. Computes in the inputs' dtype; no autograd (in-place updates).
+
+    Args:
+        u: (batch, K, Di, T, chunks): position c·T + t of each sequence at ``[..., t, c]``.
+        delta: (batch, K, Di, T, chunks): the step sizes δ, bias and softplus already applied
+            (padding positions: δ = 0, which keeps the state).
+        A: (K*Di, N).
+        B, C: (batch, K, N, T, chunks).
+        D: (K*Di,) or None.
+
+    Returns:
+        y: (batch, K, Di, T, chunks).
+    """
+    _, groups, per_group, t_len, n_chunks = u.shape
+    n_state = A.shape[1]
+    delta = delta.unsqueeze(3)  # (batch, K, Di, 1, T, chunks)
+    decay = torch.exp(delta * A.to(u.dtype).reshape(groups, per_group, n_state, 1, 1))  # (batch, K, Di, N, T, chunks)
+    h = (delta * u.unsqueeze(3)) * B.unsqueeze(2)  # the drive δ·u·B (batch, K, Di, N, T, chunks); becomes the state
 
     # 1) every chunk from a zero state, in place; decay since the chunk's start
     for t in range(1, t_len):
@@ -253,13 +281,10 @@ def selective_scan_infer(
             torch.addcmul(end[..., c - 1], through[..., c - 1], entering[..., c - 1], out=entering[..., c])
         h.addcmul_(decay, entering.unsqueeze(-2))
 
-    C_c = to_chunks(C[:, :, None])  # (batch, K, 1, N, T, chunks)
-    y = h[:, :, :, 0] * C_c[:, :, :, 0] if n_state == 1 else (h * C_c).sum(3)  # (batch, K, Di, T, chunks)
+    y = h[:, :, :, 0].mul_(C[:, :, 0:1]) if n_state == 1 else (h * C.unsqueeze(2)).sum(3)  # (batch, K, Di, T, chunks)
     if D is not None:
-        y.addcmul_(u_c[:, :, :, 0], D.to(dtype).reshape(groups, per_group, 1, 1))
-    y = y.transpose(-1, -2).reshape(batch, channels, n_chunks * t_len)  # (batch, K*Di, T·chunks)
-    return y[..., :length]
-
+        y.addcmul_(u, D.to(u.dtype).reshape(groups, per_group, 1, 1))
+    return y
 
 # ---------------------------------------------------------------------------------------------
 # CUDA: a forward-only Triton kernel

@@ -11,7 +11,8 @@ from torch import nn
 
 from mmlab.model.layers import ConvBN, LayerNorm2d, conv_like
 from mmlab.model.scan import (
-    selective_scan_fast, selective_scan_infer, selective_scan_ref, selective_scan_triton, triton_scan_applies,
+    selective_scan_chunked, selective_scan_fast, selective_scan_infer, selective_scan_ref, selective_scan_triton,
+    triton_scan_applies,
 )
 
 DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
@@ -84,6 +85,44 @@ def merge_sequences(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out.reshape(b, d, h, w)
 
 
+
+def chunk_layout_applies(mode: str, h: int, w: int) -> bool:
+    """Whether :func:`chunked_sequences` can lay out ``mode``'s sequences of an h x w map: row-major
+    sequences in chunks of W, column-major ones in chunks of H, all of one shape (H = W for cross)."""
+    return mode != "cross" or h == w
+
+
+def chunked_sequences(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`scan_sequences` already cut into chunks for :func:`~mmlab.model.scan.selective_scan_chunked`.
+
+    A row-major sequence of an H x W map in chunks of T = W has position (h, w) at chunk h, step w:
+    laid out (T, chunks) that is the transposed map; a column-major one in chunks of H is the map
+    itself; a reversed sequence is the same with both axes flipped.
+
+    Args:
+        x: (B, D, H, W).
+        mode: as :func:`scan_sequences`; ``cross`` needs H = W.
+
+    Returns:
+        (B, K, D, T, chunks) = (B, K, D, W, H).
+    """
+    rows = x.transpose(2, 3)  # (B, D, W, H): row-major sequences in chunks of W
+    if mode == "forward":
+        return rows.unsqueeze(1).contiguous()
+    parts = [rows, rows.flip((2, 3))]
+    if mode == "cross":
+        parts += [x, x.flip((2, 3))]
+    return torch.stack(parts, dim=1)
+
+
+def merge_chunked(y: torch.Tensor, mode: str) -> torch.Tensor:
+    """Inverse layout of :func:`chunked_sequences`, summing the directions: (B, K, D, W, H) -> (B, D, H, W)."""
+    rows = y[:, 0] + y[:, 1].flip((2, 3)) if y.shape[1] >= 2 else y[:, 0]
+    out = rows.transpose(2, 3)
+    if mode == "cross":
+        out = out + y[:, 2] + y[:, 3].flip((2, 3))
+    return out
+
 class SS2D(nn.Module):
     """Selective-scan mixer over a 2-D map (MobileMamba's ``v052d`` forward type).
 
@@ -112,9 +151,7 @@ class SS2D(nn.Module):
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, 1, 1, groups=d_inner, bias=True)
         self.out_proj = ConvBN(d_inner, dim)
         # "fast": the Triton kernel on CUDA without autograd, else the chunked autograd path;
-        # "chunked": always the chunked path; "plain": the chunked scan as plain out-of-place
-        # tensor ops, no autograd.Function (what ONNX export and torch.compile trace: tracers
-        # trip on the Function and on in-place scans); "ref": the readable reference (tests, debugging).
+        # "chunked": always the chunked path; "ref": the readable reference (tests, debugging).
         self.scan_impl = "fast"
 
     def constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,8 +174,6 @@ class SS2D(nn.Module):
             return selective_scan_triton(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)  # fp32
         if self.scan_impl in ("fast", "chunked"):
             return SelectiveScan.apply(*args)
-        if self.scan_impl == "plain":
-            return selective_scan_fast(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
         return selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,3 +248,29 @@ class FusedSS2D(SS2D):
         ):
             return selective_scan_infer(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
         return super().scan(*args, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As :meth:`SS2D.forward`; in inference on CPU (``fast``, grad mode off) the sequences are
+        laid out in scan chunks from the start (:func:`chunked_sequences`), so the projections,
+        the scan (:func:`~mmlab.model.scan.selective_scan_chunked`) and the merge need no
+        transposing copies, and the Δ bias rides on the Δ projection (``baddbmm``)."""
+        b, _, h, w = x.shape
+        if self.scan_impl != "fast" or x.is_cuda or torch.is_grad_enabled() or not chunk_layout_applies(self.mode, h, w):
+            return super().forward(x)
+        k, di, r, n = self.directions, self.d_inner, self.dt_rank, self.d_state
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        x, z = self.in_proj(x).chunk(2, dim=1)  # (B, Di, H, W) each
+        z = F.silu(z)
+        xs = chunked_sequences(F.silu(self.conv2d(x)), self.mode).to(dtype)  # (B, K, Di, T, chunks)
+        seq_shape = xs.shape[-2:]
+        x_dbl = torch.matmul(self.x_proj.to(dtype), xs.reshape(b, k, di, h * w))  # (B, K, R+2N, L), chunk order
+        dts, bs, cs = x_dbl.split([r, n, n], dim=2)
+        dt_proj, dt_bias = self.dt_proj.to(dtype), self.dt_bias.to(dtype).reshape(k, di, 1)
+        if b > 1:
+            dt_proj, dt_bias = dt_proj.repeat(b, 1, 1), dt_bias.repeat(b, 1, 1)
+        delta = F.softplus(torch.baddbmm(dt_bias, dt_proj, dts.reshape(b * k, r, h * w)))  # (B*K, Di, L)
+        A, D, _ = self.constants(dtype)
+        y = selective_scan_chunked(xs, delta.reshape(xs.shape), A, bs.unflatten(-1, seq_shape), cs.unflatten(-1, seq_shape), D)
+        y = merge_chunked(y.to(x.dtype), self.mode)  # (B, Di, H, W)
+        y = self.out_norm(y) * z
+        return self.out_proj(y)

@@ -181,7 +181,10 @@ def test_infer_hand_case_strong_decay_long_sequence_and_float64():
 
 
 @pytest.mark.parametrize("mode", ["forward", "bidi", "cross"])
-def test_fused_ss2d_takes_the_infer_path_only_without_grad(mode, monkeypatch):
+@pytest.mark.parametrize("side", [(6, 6), (5, 7)])
+def test_fused_ss2d_inference_paths_equal_the_reference(mode, side, monkeypatch):
+    """Grad mode off: sequences laid out in chunks (square maps, or any map without cross), else
+    the in-place scan on the usual layout; grad mode on: the autograd path. All equal the reference."""
     layer = SS2D(16, 32, 3, d_state=2, mode=mode).eval()
     with torch.no_grad():
         for name in ("A_logs", "Ds", "dt_projs_bias"):
@@ -189,21 +192,23 @@ def test_fused_ss2d_takes_the_infer_path_only_without_grad(mode, monkeypatch):
     scale = torch.rand(16) + 0.5
     fused = layer.fuse(out_scale=scale)
     assert isinstance(fused, FusedSS2D) and isinstance(fused, SS2D)
-    x = torch.randn(2, 16, 5, 7)
+    x = torch.randn(2, 16, *side)
     calls = []
-    real = selective_scan_infer
-    monkeypatch.setattr("mmlab.model.ssm.selective_scan_infer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("selective_scan_infer", "selective_scan_chunked"):
+        real = getattr(scan_module, name)
+        monkeypatch.setattr(f"mmlab.model.ssm.{name}", lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     layer.scan_impl = "ref"
     ref = layer(x) * scale[:, None, None]
     with torch.inference_mode():
         assert rel(fused(x), ref) < 1e-5
-    assert calls == [1]
+    chunk_layout = mode != "cross" or side[0] == side[1]
+    assert calls == ["selective_scan_chunked" if chunk_layout else "selective_scan_infer"]
     y = fused(x)  # grad mode, parameters requiring grad: the autograd path
-    assert calls == [1] and y.requires_grad and rel(y.detach(), ref.detach()) < 1e-5
+    assert len(calls) == 1 and y.requires_grad and rel(y.detach(), ref.detach()) < 1e-5
     fused.scan_impl = "ref"
     with torch.inference_mode():
         assert rel(fused(x), ref) < 1e-5
-    assert calls == [1]
+    assert len(calls) == 1
 
 
 def test_autograd_function_matches_fast_path():
