@@ -151,7 +151,9 @@ class SS2D(nn.Module):
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, 1, 1, groups=d_inner, bias=True)
         self.out_proj = ConvBN(d_inner, dim)
         # "fast": the Triton kernel on CUDA without autograd, else the chunked autograd path;
-        # "chunked": always the chunked path; "ref": the readable reference (tests, debugging).
+        # "chunked": always the chunked path; "plain": the chunked scan as plain out-of-place
+        # tensor ops, no autograd.Function (what ONNX export and torch.compile trace: tracers
+        # trip on the Function and on in-place scans); "ref": the readable reference (tests, debugging).
         self.scan_impl = "fast"
 
     def constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,6 +176,8 @@ class SS2D(nn.Module):
             return selective_scan_triton(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True)  # fp32
         if self.scan_impl in ("fast", "chunked"):
             return SelectiveScan.apply(*args)
+        if self.scan_impl == "plain":
+            return selective_scan_fast(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
         return selective_scan_ref(*args[:5], D=args[5], delta_bias=args[6], delta_softplus=True, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
