@@ -8,6 +8,8 @@ from functools import lru_cache
 
 import torch
 
+from mmlab.meter.runtimes import runtime_version
+
 
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
@@ -22,7 +24,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: str, threads: int, dtype: str, batch: int, resolution: int, mode: str) -> dict[str, str | int]:
+def environment(device: str, threads: int, dtype: str, batch: int, resolution: int, mode: str, *,
+                runtime: str = "eager") -> dict[str, str | int]:
     """Flat environment record (every key prefixed ``env_``) for one measurement setting.
 
     Args:
@@ -32,6 +35,9 @@ def environment(device: str, threads: int, dtype: str, batch: int, resolution: i
         batch: images per forward pass.
         resolution: input side in pixels.
         mode: how the model ran, e.g. ``eager`` or ``cuda_graph``.
+        runtime: the timing runtime's name (:data:`mmlab.meter.runtimes.RUNTIMES`); recorded with
+            its package's version (``env_runtime_version``, e.g. onnxruntime's), so that both are
+            part of every cache key built from this record.
     """
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else ""
     return {
@@ -45,4 +51,6 @@ def environment(device: str, threads: int, dtype: str, batch: int, resolution: i
         "env_batch": batch,
         "env_resolution": resolution,
         "env_mode": mode,
+        "env_runtime": runtime,
+        "env_runtime_version": runtime_version(runtime),
     }

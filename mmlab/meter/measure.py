@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -61,29 +61,55 @@ def cached_counts(spec: ArchSpec, cache: MeasurementCache | None, model: torch.n
     return row
 
 
+def _prepare(runtime: str, model: torch.nn.Module, x: torch.Tensor, row: dict[str, Any]) -> Callable[[], Any]:
+    """``RUNTIMES[runtime].prepare(model, x)``, its duration added to ``row`` under the runtime's
+    ``prepare_metric`` (``compile_s``, ``export_s``), summed over calls (CUDA prepares two batch sizes)."""
+    started = time.perf_counter()
+    fn = RUNTIMES[runtime].prepare(model, x)
+    metric = RUNTIMES[runtime].prepare_metric
+    if metric is not None:
+        row[metric] = row.get(metric, 0.0) + time.perf_counter() - started
+    return fn
+
+
+def _release(runtime: str) -> None:
+    release = RUNTIMES[runtime].release
+    if release is not None:
+        release()
+
+
 def _time_cpu(model: torch.nn.Module, spec: ArchSpec, batch: int, threads: int, max_time_s: float,
               runtime: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x = torch.randn(batch, spec.in_chans, spec.resolution, spec.resolution)
         with torch.inference_mode():
-            t = time_cpu(RUNTIMES[runtime].prepare(model, x), max_time_s=max_time_s)
+            fn = _prepare(runtime, model, x, row)  # compile / export, outside the timed region
+            t = time_cpu(fn, max_time_s=max_time_s)
+            del fn
     finally:
         torch.set_num_threads(previous)
+        _release(runtime)
     return {
         "latency_ms": t.median_ms, "latency_p10_ms": t.p10_ms, "latency_p90_ms": t.p90_ms,
-        "latency_runs": t.runs, "throughput_ips": 1e3 * batch / t.median_ms,
+        "latency_runs": t.runs, "throughput_ips": 1e3 * batch / t.median_ms, **row,
     }
 
 
-def _time_cuda(model: torch.nn.Module, spec: ArchSpec, batch: int, dtype: torch.dtype) -> dict[str, Any]:
+def _time_cuda(model: torch.nn.Module, spec: ArchSpec, batch: int, dtype: torch.dtype,
+               runtime: str = "eager") -> dict[str, Any]:
     """Batch-1 latency and batch-``batch`` throughput, each eager and as a CUDA graph.
 
     The graph's output is checked against eager mode before its timing is used; the faster
-    correct mode gives ``latency_ms`` / ``throughput_ips``, and both modes are reported.
+    correct mode gives ``latency_ms`` / ``throughput_ips``, and both modes are reported. Another
+    runtime (``compile``) is prepared for each batch size (its own output check included) and
+    timed as it is.
     """
     model = model.to("cuda", dtype)
+    if runtime != "eager":
+        return _time_cuda_runtime(model, spec, batch, dtype, runtime)
     row: dict[str, Any] = {"cuda_graph_ok": True}
     with torch.no_grad():
         for label, n in (("latency", 1), ("throughput", batch)):
@@ -104,10 +130,27 @@ def _time_cuda(model: torch.nn.Module, spec: ArchSpec, batch: int, dtype: torch.
     return row
 
 
+def _time_cuda_runtime(model: torch.nn.Module, spec: ArchSpec, batch: int, dtype: torch.dtype,
+                       runtime: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    with torch.no_grad():
+        for label, n in (("latency", 1), ("throughput", batch)):
+            x = torch.randn(n, spec.in_chans, spec.resolution, spec.resolution, device="cuda", dtype=dtype)
+            try:
+                t = time_cuda(_prepare(runtime, model, x, row))
+            finally:
+                _release(runtime)
+            if label == "latency":
+                row.update(latency_ms=t.median_ms, latency_p10_ms=t.p10_ms, latency_p90_ms=t.p90_ms, latency_runs=t.runs)
+            else:
+                row.update(throughput_ips=1e3 * n / t.median_ms, throughput_batch=n)
+    return row
+
+
 def _timing_key(spec: ArchSpec, device: str, batch: int, threads: int, dtype: str, runtime: str,
                 max_time_s: float) -> tuple[dict[str, Any], str]:
-    env = environment(device, threads if device == "cpu" else 0, dtype, batch, spec.resolution,
-                      runtime if device == "cpu" else "best_of_eager_and_cuda_graph")
+    mode = "best_of_eager_and_cuda_graph" if device == "cuda" and runtime == "eager" else runtime
+    env = environment(device, threads if device == "cpu" else 0, dtype, batch, spec.resolution, mode, runtime=runtime)
     key = cache_key({"kind": "timing", "spec": spec.key, "protocol": TIMING_PROTOCOL, "code": code_digest(),
                      "max_time_s": max_time_s if device == "cpu" else None, **env})
     return env, key
@@ -157,12 +200,17 @@ def measure(
         use_cache: False forces a fresh measurement (the result still refreshes the cache).
         max_time_s: CPU timing cap, warm-up excluded.
         model: ``build(spec)`` if the caller already has it (unfused; it is not modified).
-        runtime: a name in :data:`mmlab.meter.runtimes.RUNTIMES` (CPU timing).
+        runtime: a name in :data:`mmlab.meter.runtimes.RUNTIMES`: ``eager``, ``compile`` (CPU and
+            CUDA) or ``onnxruntime`` (CPU). Compiling / exporting happens before the timing, and
+            the runtime's output is checked against eager PyTorch first (``OutputMismatch``, a
+            ``ValueError``, beyond its tolerance).
 
     Returns:
         Spec fields, ``params``, ``macs``, ``macs_paper`` and, with timing, ``latency_ms`` (median),
         ``latency_p10_ms``, ``latency_p90_ms``, ``latency_runs``, ``throughput_ips``, plus
-        ``env_*`` fields and ``measure_s`` (seconds this call spent measuring; 0 on a cache hit).
+        ``env_*`` fields (``env_runtime`` and ``env_runtime_version`` among them) and ``measure_s``
+        (seconds this call spent measuring; 0 on a cache hit). ``compile_s`` (``compile``) or
+        ``export_s`` (``onnxruntime``): seconds the runtime took to prepare, never in the latency.
     """
     _check(device, batch, threads, dtype, runtime)
     if max_time_s is None or not max_time_s > 0:
@@ -188,7 +236,7 @@ def measure(
     if device == "cpu":
         record = _time_cpu(deploy, spec, batch, threads, max_time_s, runtime)
     else:
-        record = _time_cuda(deploy, spec, batch, DTYPES[dtype])
+        record = _time_cuda(deploy, spec, batch, DTYPES[dtype], runtime)
     del deploy
     record.update(cached_counts(spec, cache if use_cache else None, model))
     record.update(env)

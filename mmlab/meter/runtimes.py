@@ -1,20 +1,125 @@
 """The runtimes a network is timed in, one registry: how a fused model becomes the callable that is timed.
 
 Each runtime prepares a callable from the fused model and an example input, once, outside the
-timed region. ``eager`` is plain PyTorch under ``inference_mode``.
+timed region: ``eager`` is plain PyTorch; ``compile`` is ``torch.compile`` (compiled and warmed up
+in ``prepare``); ``onnxruntime`` exports the network to ONNX and runs it in an onnxruntime CPU
+session. Every runtime but eager checks its outputs against eager PyTorch in ``prepare`` and
+raises :class:`OutputMismatch` beyond its ``tolerance``, so a figure is never of a wrong network.
+
+This module is read by the CLI's help: torch, onnx and onnxruntime are imported inside the
+functions that need them, never here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # torch is loaded by the measuring code, not by the CLI's help that reads this registry
     import torch
 
 
+class OutputMismatch(ValueError):
+    """A runtime's output differs from eager PyTorch's by more than the runtime's tolerance."""
+
+
+def relative_error(out: "torch.Tensor", ref: "torch.Tensor") -> float:
+    """``max|out - ref| / max|ref|``: the largest deviation relative to the output's scale."""
+    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
+    if out.shape != ref.shape:
+        return float("inf")
+    scale = ref.abs().max().item()
+    return (out - ref).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def check_outputs(name: str, out: "torch.Tensor", ref: "torch.Tensor", tolerance: float) -> float:
+    """The relative error of ``out`` against eager ``ref``; ``OutputMismatch`` above ``tolerance``."""
+    error = relative_error(out, ref)
+    if not error <= tolerance:  # also catches NaN
+        raise OutputMismatch(f"runtime: {name!r} output differs from eager PyTorch by {error:.3g} of the output "
+                             f"scale (max abs error / max abs output; allowed {tolerance:g})")
+    return error
+
+
+def traceable(model: "torch.nn.Module") -> "torch.nn.Module":
+    """A copy of ``model`` whose selective scans take the ``plain`` path: the chunked scan as
+    out-of-place tensor ops, no ``autograd.Function``; the same outputs to 1e-5 as the reference.
+
+    Eager CPU inference uses an in-place scan (state slices updated with ``out=``, ``cumprod``),
+    and the default CPU path an ``autograd.Function``: ``torch.compile(fullgraph=True)`` cannot
+    trace ``out=`` into a view, ONNX has no cumulative product, and the TorchScript ONNX exporter
+    fails to inline the Function on short sequences (1x1 and 2x2 maps). So the compile (CPU) and
+    onnxruntime runtimes start from this copy.
+    """
+    import copy
+
+    from mmlab.model.ssm import SS2D
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, SS2D):
+            module.scan_impl = "plain"
+    return model
+
+
 def _eager(model: "torch.nn.Module", example: "torch.Tensor") -> Callable[[], Any]:
     return lambda: model(example)
+
+
+COMPILE_TOLERANCE = 1e-4
+"""``compile``: max abs error relative to the output scale against eager (inductor reorders float sums)."""
+HALF_TOLERANCE = 1e-2
+"""``compile`` in float16 / bfloat16 (CUDA): inductor keeps some intermediates in float32, eager rounds them."""
+ONNX_TOLERANCE = 1e-4
+"""``onnxruntime``: max abs error relative to the output scale against eager PyTorch."""
+
+
+def _compile(model: "torch.nn.Module", example: "torch.Tensor") -> Callable[[], Any]:
+    """``torch.compile`` for inference: one graph (``fullgraph``), static shapes, compiled here.
+
+    CPU: the default mode (inductor's C++/OpenMP code; ``max-autotune`` tunes GEMM templates
+    for minutes on a small CPU for little gain at batch 1). CUDA: ``reduce-overhead``, inductor's
+    kernels replayed as a CUDA graph, the inference mode for small batches where launches dominate.
+    The first calls compile (and on CUDA record the graph); they run here, never in the timing.
+    On the CPU the compiled network is :func:`traceable`'s copy (plain chunked scan).
+    """
+    import torch
+
+    mode = "reduce-overhead" if example.is_cuda else None
+    # CUDA keeps the Triton scan (an opaque op to the compiler); the CPU takes the traceable scan.
+    compiled = torch.compile(model if example.is_cuda else traceable(model), mode=mode, fullgraph=True, dynamic=False)
+    for _ in range(3):  # compile, then the calls a CUDA graph needs before it is recorded
+        out = compiled(example)
+    tolerance = COMPILE_TOLERANCE if example.dtype == torch.float32 else HALF_TOLERANCE
+    check_outputs("compile", out, model(example), tolerance)
+    return lambda: compiled(example)
+
+
+def _onnxruntime(model: "torch.nn.Module", example: "torch.Tensor") -> Callable[[], Any]:
+    """Export to ONNX, check against PyTorch, and run in an onnxruntime CPU session.
+
+    The session uses torch's current intra-op thread count (the one the timing set), one
+    inter-op thread and sequential execution, so it is compared with eager on equal terms.
+    """
+    import torch
+
+    from mmlab.meter.onnx import check_session, export_bytes, session
+
+    ort_session = session(export_bytes(model, example, dynamic_batch=False), threads=torch.get_num_threads())
+    check_session(ort_session, model, example, ONNX_TOLERANCE)
+    feed = {ort_session.get_inputs()[0].name: example.detach().cpu().numpy()}
+    run = ort_session.run
+    return lambda: run(None, feed)
+
+
+def _release_compiled() -> None:
+    """Forget every compiled graph: each architecture adds entries to dynamo's cache for the same
+    ``forward`` code, so a process that times many would hit the recompile limit (and check ever
+    more guards per call) unless they are dropped after each timing."""
+    import torch
+
+    torch._dynamo.reset()
 
 
 @dataclass(frozen=True)
@@ -25,18 +130,54 @@ class Runtime:
         name: registry name, part of every cache key and row (``env_runtime``).
         description: one line for ``--help``.
         devices: where it runs.
-        prepare: ``prepare(model, example) -> fn``; ``fn()`` runs one forward pass.
+        prepare: ``prepare(model, example) -> fn``; ``fn()`` runs one forward pass. Everything
+            done once (compiling, exporting, checking outputs, warming up) happens here, outside
+            the timed region.
+        tolerance: most relative error (``max|out - eager| / max|eager|``) of its float32 outputs
+            against eager PyTorch on the same fused model; ``prepare`` raises :class:`OutputMismatch`
+            above it (``compile`` allows :data:`HALF_TOLERANCE` for half-precision inputs).
+        prepare_metric: the row field that records how long ``prepare`` took, in seconds, when
+            that time is part of the runtime's cost (``compile_s``: compiling and the first calls;
+            ``export_s``: ONNX export, output check and session creation); None: not recorded.
+        package: the distribution whose version is recorded with the timing (``env_runtime_version``)
+            and so is part of the cache key; None when torch (``env_torch``) is the runtime.
+        release: called once the callables ``prepare`` returned are no longer used, to free what
+            they cached process-wide (``compile``: dynamo's compiled graphs); None: nothing to free.
     """
 
     name: str
     description: str
     devices: tuple[str, ...]
     prepare: Callable[["torch.nn.Module", "torch.Tensor"], Callable[[], Any]]
+    tolerance: float = 0.0
+    prepare_metric: str | None = None
+    package: str | None = None
+    release: Callable[[], None] | None = None
 
 
 RUNTIMES: dict[str, Runtime] = {
     "eager": Runtime("eager", "PyTorch eager mode, inference_mode", ("cpu", "cuda"), _eager),
+    "compile": Runtime("compile", "torch.compile, fullgraph (CUDA: reduce-overhead); compile time in compile_s",
+                       ("cpu", "cuda"), _compile, tolerance=COMPILE_TOLERANCE, prepare_metric="compile_s",
+                       release=_release_compiled),
+    "onnxruntime": Runtime("onnxruntime", "ONNX export run in an onnxruntime CPU session (pip install "
+                           "'mmlab[deploy]'); export time in export_s", ("cpu",), _onnxruntime,
+                           tolerance=ONNX_TOLERANCE, prepare_metric="export_s", package="onnxruntime"),
 }
+
+
+@lru_cache(maxsize=None)
+def runtime_version(name: str) -> str:
+    """Version of the runtime's own package (``""`` for the torch runtimes, or when it is not installed)."""
+    import importlib.metadata
+
+    package = RUNTIMES[name].package
+    if package is None:
+        return ""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def check_runtime(name: str, device: str) -> Runtime:
@@ -46,4 +187,6 @@ def check_runtime(name: str, device: str) -> Runtime:
     runtime = RUNTIMES[name]
     if device not in runtime.devices:
         raise ValueError(f"runtime: {name!r} does not run on {device}; it runs on {', '.join(runtime.devices)}")
+    if runtime.package is not None and not runtime_version(name):
+        raise ValueError(f"runtime: {name!r} needs the {runtime.package} package; pip install 'mmlab[deploy]'")
     return runtime
