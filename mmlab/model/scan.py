@@ -212,8 +212,8 @@ def selective_scan_infer(
     (so no autograd: for inference, when no gradient is wanted), and the third pass is one op:
 
     1. T - 1 steps run the recurrence inside all chunks at once from a zero state, in place, so
-       that every position holds its in-chunk state; ``cumprod`` of the decays (factors in
-       (0, 1]) gives each position's decay since its chunk's start;
+       that every position holds its in-chunk state, and turn the decays into running products
+       (factors in (0, 1]): each position's decay since its chunk's start;
     2. L/T - 1 steps carry the state across chunks, as in :func:`selective_scan_fast`;
     3. the state at each position is its in-chunk state plus its decay since the chunk's start
        times the chunk's entering state: one ``addcmul`` over everything, then y = Σ_n C·h + D·u.
@@ -229,16 +229,16 @@ def selective_scan_infer(
     pad = n_chunks * t_len - length
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
-        """(..., L) -> contiguous (..., T, chunks), zero-padded to T·chunks positions."""
+        """(batch, K, width, L) -> contiguous (batch, K, T, chunks, width), zero-padded to T·chunks positions."""
         x = F.pad(x.to(dtype), (0, pad)) if pad else x.to(dtype)
-        return x.unflatten(-1, (n_chunks, t_len)).transpose(-1, -2).contiguous()
+        return x.unflatten(-1, (n_chunks, t_len)).permute(0, 1, 4, 3, 2).contiguous()
 
     y = selective_scan_chunked(  # padded δ = 0: decay 1, input 0, the state is kept
         to_chunks(u.reshape(batch, groups, per_group, length)),
         to_chunks(_step_sizes(delta, delta_bias, delta_softplus, dtype).reshape(batch, groups, per_group, length)),
         A, to_chunks(B), to_chunks(C), D,
-    )  # (batch, K, Di, T, chunks)
-    y = y.transpose(-1, -2).reshape(batch, channels, n_chunks * t_len)  # (batch, K*Di, T·chunks)
+    )  # (batch, K, T, chunks, Di)
+    y = y.permute(0, 1, 4, 3, 2).reshape(batch, channels, n_chunks * t_len)  # (batch, K*Di, chunks·T)
     return y[..., :length]
 
 
@@ -247,43 +247,45 @@ def selective_scan_chunked(
 ) -> torch.Tensor:
     """The in-place scan of :func:`selective_scan_infer` on sequences already cut into chunks.
 
-    A caller that can produce its sequences directly in this layout (FusedSS2D: a row-major
-    sequence of an H x W map in chunks of T = W is the transposed map) saves the transposing
-    copies in and out. Computes in the inputs' dtype; no autograd (in-place updates).
+    Layout (..., T, chunks, channels): one step of every chunk is one contiguous slice, and a
+    caller can often produce its sequences in it directly (FusedSS2D: a row-major sequence of
+    a channels-last H x W map in chunks of T = W is the map with H and W swapped), saving the
+    transposing copies in and out. Computes in the inputs' dtype; no autograd (in-place updates).
 
     Args:
-        u: (batch, K, Di, T, chunks): position c·T + t of each sequence at ``[..., t, c]``.
-        delta: (batch, K, Di, T, chunks): the step sizes δ, bias and softplus already applied
+        u: (batch, K, T, chunks, Di): position c·T + t of each sequence at ``[:, :, t, c]``.
+        delta: (batch, K, T, chunks, Di): the step sizes δ, bias and softplus already applied
             (padding positions: δ = 0, which keeps the state).
         A: (K*Di, N).
-        B, C: (batch, K, N, T, chunks).
+        B, C: (batch, K, T, chunks, N).
         D: (K*Di,) or None.
 
     Returns:
-        y: (batch, K, Di, T, chunks).
+        y: (batch, K, T, chunks, Di).
     """
-    _, groups, per_group, t_len, n_chunks = u.shape
+    _, groups, t_len, n_chunks, per_group = u.shape
     n_state = A.shape[1]
-    delta = delta.unsqueeze(3)  # (batch, K, Di, 1, T, chunks)
-    decay = torch.exp(delta * A.to(u.dtype).reshape(groups, per_group, n_state, 1, 1))  # (batch, K, Di, N, T, chunks)
-    h = (delta * u.unsqueeze(3)) * B.unsqueeze(2)  # the drive δ·u·B (batch, K, Di, N, T, chunks); becomes the state
+    A = A.to(u.dtype).reshape(groups, 1, 1, per_group, n_state)
+    decay = torch.mul(delta.unsqueeze(-1), A).exp_()  # (batch, K, T, chunks, Di, N)
+    h = (delta * u).unsqueeze(-1) * B.unsqueeze(-2)  # the drive δ·u·B, same shape; becomes the state
 
-    # 1) every chunk from a zero state, in place; decay since the chunk's start
+    # 1) every chunk from a zero state, in place; decay since the chunk's start, in place
+    #    (a running product: cumprod along a non-innermost dim is a slow strided kernel)
     for t in range(1, t_len):
-        h[..., t, :].addcmul_(decay[..., t, :], h[..., t - 1, :])
-    decay = decay.cumprod_(dim=-2)
+        h[:, :, t].addcmul_(decay[:, :, t], h[:, :, t - 1])
+        decay[:, :, t].mul_(decay[:, :, t - 1])
 
     # 2) the state entering each chunk, 3) added to every position, decayed since the chunk's start
     if n_chunks > 1:
-        end, through = h[..., -1, :], decay[..., -1, :]  # (batch, K, Di, N, chunks) each
+        end, through = h[:, :, -1], decay[:, :, -1]  # (batch, K, chunks, Di, N) each
         entering = torch.zeros_like(end)
         for c in range(1, n_chunks):
-            torch.addcmul(end[..., c - 1], through[..., c - 1], entering[..., c - 1], out=entering[..., c])
-        h.addcmul_(decay, entering.unsqueeze(-2))
+            torch.addcmul(end[:, :, c - 1], through[:, :, c - 1], entering[:, :, c - 1], out=entering[:, :, c])
+        h.addcmul_(decay, entering.unsqueeze(2))
 
-    y = h[:, :, :, 0].mul_(C[:, :, 0:1]) if n_state == 1 else (h * C.unsqueeze(2)).sum(3)  # (batch, K, Di, T, chunks)
+    y = h[..., 0].mul_(C) if n_state == 1 else (h * C.unsqueeze(-2)).sum(-1)  # (batch, K, T, chunks, Di)
     if D is not None:
-        y.addcmul_(u, D.to(u.dtype).reshape(groups, per_group, 1, 1))
+        y.addcmul_(u, D.to(u.dtype).reshape(groups, 1, 1, per_group))
     return y
 
 # ---------------------------------------------------------------------------------------------

@@ -96,32 +96,36 @@ def chunked_sequences(x: torch.Tensor, mode: str) -> torch.Tensor:
     """:func:`scan_sequences` already cut into chunks for :func:`~mmlab.model.scan.selective_scan_chunked`.
 
     A row-major sequence of an H x W map in chunks of T = W has position (h, w) at chunk h, step w:
-    laid out (T, chunks) that is the transposed map; a column-major one in chunks of H is the map
-    itself; a reversed sequence is the same with both axes flipped.
+    laid out (T, chunks, channels) that is the map with H and W swapped; a column-major one in
+    chunks of H is the map itself; a reversed sequence is the same with both axes flipped.
 
     Args:
-        x: (B, D, H, W).
+        x: (B, D, H, W), best channels-last (then the (B, H, W, D) view is free).
         mode: as :func:`scan_sequences`; ``cross`` needs H = W.
 
     Returns:
-        (B, K, D, T, chunks) = (B, K, D, W, H).
+        (B, K, T, chunks, D) = (B, K, W, H, D), contiguous.
     """
-    rows = x.transpose(2, 3)  # (B, D, W, H): row-major sequences in chunks of W
+    x = x.permute(0, 2, 3, 1)  # (B, H, W, D)
+    rows = x.transpose(1, 2)  # (B, W, H, D): row-major sequences in chunks of W
     if mode == "forward":
         return rows.unsqueeze(1).contiguous()
-    parts = [rows, rows.flip((2, 3))]
+    parts = [rows, rows.flip((1, 2))]
     if mode == "cross":
-        parts += [x, x.flip((2, 3))]
+        parts += [x, x.flip((1, 2))]
     return torch.stack(parts, dim=1)
 
 
 def merge_chunked(y: torch.Tensor, mode: str) -> torch.Tensor:
-    """Inverse layout of :func:`chunked_sequences`, summing the directions: (B, K, D, W, H) -> (B, D, H, W)."""
-    rows = y[:, 0] + y[:, 1].flip((2, 3)) if y.shape[1] >= 2 else y[:, 0]
-    out = rows.transpose(2, 3)
+    """Inverse layout of :func:`chunked_sequences`, summing the directions: (B, K, W, H, D) -> (B, H, W, D), contiguous."""
+    b, k, w, h, d = y.shape
+    if k == 1:
+        return y[:, 0].transpose(1, 2).contiguous()
+    out = torch.add(y[:, 0].transpose(1, 2), y[:, 1].flip((1, 2)).transpose(1, 2), out=y.new_empty(b, h, w, d))
     if mode == "cross":
-        out = out + y[:, 2] + y[:, 3].flip((2, 3))
+        out.add_(y[:, 2]).add_(y[:, 3].flip((1, 2)))
     return out
+
 
 class SS2D(nn.Module):
     """Selective-scan mixer over a 2-D map (MobileMamba's ``v052d`` forward type).
@@ -265,16 +269,17 @@ class FusedSS2D(SS2D):
         dtype = torch.promote_types(x.dtype, torch.float32)
         x, z = self.in_proj(x).chunk(2, dim=1)  # (B, Di, H, W) each
         z = F.silu(z)
-        xs = chunked_sequences(F.silu(self.conv2d(x)), self.mode).to(dtype)  # (B, K, Di, T, chunks)
-        seq_shape = xs.shape[-2:]
-        x_dbl = torch.matmul(self.x_proj.to(dtype), xs.reshape(b, k, di, h * w))  # (B, K, R+2N, L), chunk order
-        dts, bs, cs = x_dbl.split([r, n, n], dim=2)
-        dt_proj, dt_bias = self.dt_proj.to(dtype), self.dt_bias.to(dtype).reshape(k, di, 1)
+        xs = chunked_sequences(F.silu(self.conv2d(x)), self.mode).to(dtype)  # (B, K, T, chunks, Di)
+        chunks = xs.shape[:-1]
+        x_dbl = torch.matmul(xs.reshape(b, k, h * w, di), self.x_proj.to(dtype).transpose(1, 2))  # (B, K, L, R+2N)
+        dts, bs, cs = x_dbl.split([r, n, n], dim=-1)
+        dt_proj, dt_bias = self.dt_proj.to(dtype).transpose(1, 2), self.dt_bias.to(dtype).reshape(k, 1, di)
         if b > 1:
             dt_proj, dt_bias = dt_proj.repeat(b, 1, 1), dt_bias.repeat(b, 1, 1)
-        delta = F.softplus(torch.baddbmm(dt_bias, dt_proj, dts.reshape(b * k, r, h * w)))  # (B*K, Di, L)
+        delta = F.softplus(torch.baddbmm(dt_bias, dts.reshape(b * k, h * w, r), dt_proj))  # (B*K, L, Di)
         A, D, _ = self.constants(dtype)
-        y = selective_scan_chunked(xs, delta.reshape(xs.shape), A, bs.unflatten(-1, seq_shape), cs.unflatten(-1, seq_shape), D)
-        y = merge_chunked(y.to(x.dtype), self.mode)  # (B, Di, H, W)
-        y = self.out_norm(y) * z
-        return self.out_proj(y)
+        y = selective_scan_chunked(xs, delta.reshape(xs.shape), A, bs.reshape(*chunks, n), cs.reshape(*chunks, n), D)
+        y = merge_chunked(y.to(x.dtype), self.mode)  # (B, H, W, Di)
+        norm = self.out_norm
+        y = F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps) * z.permute(0, 2, 3, 1)
+        return self.out_proj(y.permute(0, 3, 1, 2))  # channels-last (B, Di, H, W)
