@@ -83,7 +83,11 @@ class FusedGlobalBranch(nn.Module):
         if self.folded_level:
             scale = trained.wavelet_scale[0].weight.reshape(-1)
             weight = fold_haar_level(trained.wt_filter, trained.wavelet_convs[0].weight, scale, trained.iwt_filter)
-            self.register_buffer("wavelet_weight", weight.detach().clone())
+            c4, _, k, _ = weight.shape
+            # A Conv2d, so that fuse() gives it channels-last weights like every other conv (a
+            # plain tensor weight would be reordered on every call).
+            self.wavelet_conv = nn.Conv2d(c4, c4, k, padding=k // 2, groups=c4 // 4, bias=False, device=weight.device)
+            self.wavelet_conv.weight.data.copy_(weight)
             return
         self.register_buffer("wt_filter", trained.wt_filter.detach().clone())
         self.register_buffer("iwt_filter", trained.iwt_filter.detach().clone())
@@ -94,7 +98,7 @@ class FusedGlobalBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ssm(x)
         if self.folded_level:
-            return y + haar_level(x, self.wavelet_weight)
+            return y + haar_level(x, self.wavelet_conv.weight)
         return y + wavelet_path(x, self.wt_filter, self.iwt_filter, self.wavelet_convs) if self.levels else y
 
 
