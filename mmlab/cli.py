@@ -356,6 +356,7 @@ def ablations() -> None:
 def ablate(
     grid: Annotated[Path, typer.Argument(help="A grid file, e.g. studies/paper_ablations.toml.")],
     device: Annotated[Device, typer.Option(help="Where latency is measured.")] = "cpu",
+    runtime: Annotated[Runtime, typer.Option(help=RUNTIME_HELP)] = "eager",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for timing (default: all cores).")] = None,
     timing_s: Annotated[float, typer.Option(help="CPU timing cap per variant, seconds.")] = 3.0,
     interleave_s: Annotated[float, typer.Option(
@@ -391,7 +392,7 @@ def ablate(
     try:
         folder = run(grid, results_dir=results_dir, progress=progress,
                      settings=GridSettings(device=device.value, threads=threads, timing_s=timing_s,
-                                           interleave_s=interleave_s))
+                                           interleave_s=interleave_s, runtime=runtime.value))
     except ValueError as err:
         bar.close()
         fail(str(err))
@@ -502,24 +503,54 @@ def refine(
         raise typer.Exit(130)
 
 
-@app.command()
+def _is_spec(source: str) -> bool:
+    """A preset name or an existing .toml / .json file (anything else is taken for a study folder)."""
+    path = Path(source)
+    return source in PRESETS or (path.suffix.lower() in (".toml", ".json") and path.is_file())
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  mmlab export results/default --trial 12 -o arch.toml\n\n"
+    "  mmlab export results/default --refined best --onnx model.onnx\n\n"
+    "  mmlab export t2 --onnx t2.onnx"
+))
 def export(
-    folder: Annotated[Path, typer.Argument(help="A search's results folder, results/<study>.")],
+    source: Annotated[str, typer.Argument(help="A search's results folder (results/<study>), or a preset name / spec file (with --onnx).")],
     trial: Annotated[Optional[int], typer.Option(help="Trial number (see trials.csv / report.md).")] = None,
     refined: Annotated[Optional[str], typer.Option(help="'best': the winner of `mmlab refine` (instead of --trial).")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the spec (.toml or .json).")] = Path("arch.toml"),
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the trial's spec (.toml or .json). [default: arch.toml]")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(help="Also write the deploy network (BatchNorm fused, reference initialisation) as ONNX here, checked against PyTorch in onnxruntime.")] = None,
 ) -> None:
-    """Write one trial's architecture as a spec file for `mmlab show`, `mmlab measure` and `mmlab.build`.
+    """Write one trial's architecture as a spec file, and / or a network as ONNX.
 
-    A TOML export records the trial's measurements and, for a refined trial, its trained top-1 and data.
+    From a study folder: the trial's spec for `mmlab show`, `mmlab measure` and `mmlab.build` (a
+    TOML export records the trial's measurements and, for a refined trial, its trained top-1 and
+    data). With --onnx, from a study or from a preset / spec file: the fused network as ONNX
+    (input `image`, dynamic batch; output `output`), exported only if onnxruntime's output matches
+    PyTorch's within 1e-4 of the output scale.
     """
-    from mmlab.api import export as run
+    if _is_spec(source):
+        if onnx is None or trial is not None or refined is not None or output is not None:
+            fail(f"export: {source!r} is a spec: give --onnx PATH only (--trial, --refined and --output are for a study folder)")
+        spec = resolve_spec(source)
+    else:
+        from mmlab.api import export as run
 
-    try:
-        path, spec = run(folder, trial, output, refined=refined)
-    except ValueError as err:
-        fail(str(err))
-    typer.echo(f"wrote {path} (spec {spec.key}); try: mmlab show {path}")
+        try:
+            path, spec = run(source, trial, output or Path("arch.toml"), refined=refined)
+        except ValueError as err:
+            fail(str(err))
+        typer.echo(f"wrote {path} (spec {spec.key}); try: mmlab show {path}")
+    if onnx is not None:
+        from mmlab.meter.onnx import export_spec
+
+        try:
+            done = export_spec(spec, onnx)
+        except ValueError as err:
+            fail(str(err))
+        typer.echo(f"wrote {done.path} (spec {done.spec_key}, {done.size_bytes / 1e6:.1f} MB, opset {done.opset}, "
+                   f"exported in {done.export_s:.1f} s; onnxruntime vs PyTorch: {done.error:.1e} of the output scale)")
 
 
 def main() -> None:  # pragma: no cover - console-script shim

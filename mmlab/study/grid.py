@@ -29,7 +29,7 @@ from mmlab.meter.cache import MeasurementCache, code_digest
 from mmlab.meter.devices import check_device
 from mmlab.meter.env import environment
 from mmlab.meter.latency import cpu_threads, time_interleaved
-from mmlab.meter.runtimes import RUNTIMES
+from mmlab.meter.runtimes import RUNTIMES, check_runtime
 from mmlab.model import build, fuse
 from mmlab.signals.data import check_source
 from mmlab.signals.registry import DEFAULT_SIGNAL, SIGNALS, ScoreSettings, check_signal
@@ -58,6 +58,7 @@ class GridSettings:
             10 rounds are run whatever the cap).
         group: variants timed together with the base in one interleaved run (a round of a group
             is its networks once each: fewer per group keeps each pair close in time).
+        runtime: the timing runtime, absolute and interleaved (:data:`mmlab.meter.runtimes.RUNTIMES`).
     """
 
     device: str = "cpu"
@@ -66,6 +67,7 @@ class GridSettings:
     rounds: int = 200
     interleave_s: float = 40.0
     group: int = 5
+    runtime: str = "eager"
 
 
 def resolve_grid(grid: Grid) -> Grid:
@@ -104,7 +106,7 @@ def variant_rows(grid: Grid) -> list[dict[str, Any]]:
 def _measure_one(grid: Grid, variant: Variant, seed: int, settings: GridSettings, cache: MeasurementCache) -> dict[str, Any]:
     plan = EvalPlan(
         timing="latency" in grid.measure or "throughput" in grid.measure,
-        device=settings.device, threads=settings.threads, timing_s=settings.timing_s,
+        device=settings.device, threads=settings.threads, timing_s=settings.timing_s, runtime=settings.runtime,
         signals=(grid.signal,) if "signal" in grid.measure and grid.signal else (),
         score=ScoreSettings(data=grid.data, seed=seed),
     )
@@ -114,6 +116,7 @@ def _measure_one(grid: Grid, variant: Variant, seed: int, settings: GridSettings
 def check_grid(grid: Grid, settings: GridSettings) -> None:
     """Everything a grid run needs, checked before any work (``ValueError`` naming the field)."""
     check_device(settings.device)
+    check_runtime(settings.runtime, settings.device)
     if grid.signal:
         check_signal(grid.signal)
         check_source(grid.data)
@@ -136,7 +139,7 @@ def _ratios_setup(grid: Grid, settings: GridSettings) -> dict[str, Any]:
     threads = settings.threads or (os.cpu_count() or 1)
     return {"protocol": INTERLEAVED_PROTOCOL, "code": code_digest(), "base": grid.base.key,
             "device": settings.device, "threads": threads, "rounds": settings.rounds,
-            "interleave_s": settings.interleave_s, "group": settings.group}
+            "interleave_s": settings.interleave_s, "group": settings.group, "runtime": settings.runtime}
 
 
 def read_ratios(folder: str | Path) -> dict[str, Any]:
@@ -157,10 +160,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)  # atomic: an interruption leaves the previous file whole
 
 
-def _forward(spec: Any, device: str) -> Callable[[], Any]:
+def _forward(spec: Any, device: str, runtime: str = "eager") -> Callable[[], Any]:
     model = fuse(build(spec)).to(device)
     x = torch.randn(1, spec.in_chans, spec.resolution, spec.resolution, device=device)
-    return RUNTIMES["eager"].prepare(model, x)
+    return RUNTIMES[runtime].prepare(model, x)
 
 
 def time_ratios(grid: Grid, folder: Path, settings: GridSettings, cache: MeasurementCache,
@@ -184,10 +187,12 @@ def time_ratios(grid: Grid, folder: Path, settings: GridSettings, cache: Measure
             progress(g, len(groups), f"latency: interleaved group {g + 1}/{len(groups)} ({len(group)} variants)")
         specs = [variants[0].spec] + [v.spec for v in group]
         with timing_lock(device, cache), cpu_threads(setup["threads"]), torch.inference_mode():
-            fns = [_forward(spec, device) for spec in specs]
+            fns = [_forward(spec, device, settings.runtime) for spec in specs]
             result = time_interleaved(fns, rounds=settings.rounds, max_time_s=settings.interleave_s,
                                       seed=len(data["groups"]), sync=sync)
             del fns
+            if RUNTIMES[settings.runtime].release is not None:
+                RUNTIMES[settings.runtime].release()
         keys = [spec.key for spec in specs]
         data["groups"].append({
             "keys": keys, "labels": [variants[0].label] + [v.label for v in group],
@@ -202,7 +207,7 @@ def time_ratios(grid: Grid, folder: Path, settings: GridSettings, cache: Measure
                 "median_ms": result.timing(index).median_ms, "base_median_ms": base_median,
             }
         data["env"] = environment(device, setup["threads"] if device == "cpu" else 0, "float32", 1,
-                                  grid.base.resolution, "eager")
+                                  grid.base.resolution, settings.runtime, runtime=settings.runtime)
         _write_json(folder / RATIOS_FILE, data)
     return data
 
