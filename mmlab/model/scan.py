@@ -12,6 +12,11 @@ B and C are shared by the Di channels of one scan direction ("group" k). All ari
 The two agree to 1e-5 relative, norm-wise (``max|fast - ref| / max|ref|``), on the output and on
 the gradient with respect to every input; ``tests/test_scan.py`` checks it.
 
+For inference on the CPU (fused networks, no gradient) :func:`selective_scan_infer` computes the
+same chunked scan in place in about 2·√L steps; its core, :func:`selective_scan_chunked`, takes
+sequences already laid out in chunks (FusedSS2D builds that layout straight from the feature
+map). Both are checked against the reference on outputs.
+
 On CUDA there is a third, forward-only path, :func:`selective_scan_triton`: one Triton kernel
 that reads u, Δ, B, C once and writes y once (the chunked scan's ~10 full-size intermediates and
 ~3·√L launches are what make it slow on a GPU). :func:`triton_scan_applies` says when a caller

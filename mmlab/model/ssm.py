@@ -85,7 +85,6 @@ def merge_sequences(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out.reshape(b, d, h, w)
 
 
-
 def chunk_layout_applies(mode: str, h: int, w: int) -> bool:
     """Whether :func:`chunked_sequences` can lay out ``mode``'s sequences of an h x w map: row-major
     sequences in chunks of W, column-major ones in chunks of H, all of one shape (H = W for cross)."""
