@@ -4,8 +4,8 @@ Two steps, each a plain `mmlab` command run here and timed:
 
 1. a default-space search under 300 M MACs (complete count; t2 is 256 M, so it is queued first),
    signal and latency objectives, 50 trials;
-2. `mmlab refine` of its front on Fashion-MNIST: K = 9 candidates, rungs of 1 and 3 epochs
-   (η = 3: 9 candidates, then the best 3 trained 2 more epochs from their weights), 300 training
+2. `mmlab refine` of its front on Fashion-MNIST: K = 8 candidates, rungs of 1 and 2 epochs
+   (η = 3: 8 candidates, then the best 3 trained 1 more epoch from their weights), 100 training
    images per class (``--max-per-class``) and the whole 10k test split held out, the presets that fit carried through
    both rungs so t2 is compared at equal epochs.
 
@@ -36,7 +36,7 @@ import pandas as pd
 STUDY = "refine_fashion"
 
 
-def commands(results: Path, tiny: bool, max_per_class: int = 300) -> list[list[str]]:
+def commands(results: Path, tiny: bool, max_per_class: int = 100) -> list[list[str]]:
     folder = results / STUDY
     if tiny:  # the tiny space, synthetic data, a handful of short runs: checks the script, not the science
         search = ["search", "--study", STUDY, "--space", "tiny", "--budget-mflops", "0.9", "--trials", "8",
@@ -46,7 +46,7 @@ def commands(results: Path, tiny: bool, max_per_class: int = 300) -> list[list[s
     else:
         search = ["search", "--study", STUDY, "--budget-mflops", "300", "--trials", "50", "--data", "fashion-mnist",
                   "--results-dir", str(results)]
-        refine = ["refine", str(folder), "--top-k", "9", "--rungs", "1,3", "--eta", "3", "--data", "fashion-mnist",
+        refine = ["refine", str(folder), "--top-k", "8", "--rungs", "1,2", "--eta", "3", "--data", "fashion-mnist",
                   "--max-per-class", str(max_per_class), "--keep-presets"]
     return [search, refine]
 
@@ -177,8 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--tiny", action="store_true", help="tiny space and synthetic data: check the script in minutes")
-    parser.add_argument("--max-per-class", type=int, default=300,
-                        help="training images per class for the refine (default 300: 3,000 images, fits 2 cores in under an hour)")
+    parser.add_argument("--max-per-class", type=int, default=100,
+                        help="training images per class for the refine (default 100: 1,000 images)")
     parser.add_argument("--retime", action="store_true",
                         help="time every refined candidate again, fresh, and compare with t2 at those latencies "
                              "(run on a quiet machine; the steps before resume at once when already done)")
