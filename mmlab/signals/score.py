@@ -16,6 +16,7 @@ from mmlab.signals.ensemble import ENSEMBLE_PROXIES, aggregate, reference_values
 from mmlab.signals.registry import SIGNALS, ScoreSettings, check_signal
 from mmlab.signals.train import TRAIN_BATCH, train
 from mmlab.spec.arch import ArchSpec
+from mmlab.spec.params import param_count
 
 __all__ = ["ScoreSettings", "adapt", "data_geometry", "score"]
 
@@ -65,8 +66,7 @@ def _data_model(spec: ArchSpec, s: ScoreSettings, signal: str) -> tuple[torch.nn
 
 
 def score_params(spec: ArchSpec, s: ScoreSettings) -> float:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        return float(sum(p.numel() for p in build(spec).parameters()))
+    return float(param_count(spec))  # by formula, equal to the built network's count (tests/spec/test_params.py)
 
 
 def score_macs(spec: ArchSpec, s: ScoreSettings) -> float:
