@@ -464,8 +464,9 @@ def run_worker(config: SearchConfig, progress: Callable[[optuna.Study], None] | 
             if trial is not None:
                 mine.append(run_trial(study, trial, objective))
         except KeyboardInterrupt:
-            if trial is not None:
-                fail_if_running(study, trial, "interrupted (SIGINT / SIGTERM)")
+            if trial is not None:  # a second signal (e.g. SIGTERM after Ctrl-C) must not cut this short
+                with signals_deferred():
+                    fail_if_running(study, trial, "interrupted (SIGINT / SIGTERM)")
             raise
         if trial is None:
             states = Counter(t.state for t in study.get_trials(deepcopy=False))
