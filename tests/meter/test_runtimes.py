@@ -21,6 +21,7 @@ from mmlab.model import build, fuse
 from mmlab.model.ssm import SS2D
 from mmlab.spec.presets import get_preset
 from mmlab.study.grid import GridSettings
+from tests.conftest import randomise_bn
 
 runner = CliRunner()
 TINY = get_preset("tiny")
@@ -36,18 +37,8 @@ def deploy_model(spec):
 
 
 def trained_like(spec):
-    """The network (eval) with BatchNorm statistics and gains made non-trivial: at initialisation
-    every block branch ends in a zero-gain BN, and a zero branch would test nothing."""
-    model = build(spec)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
+    """The network (eval) with non-trivial BatchNorms (:func:`tests.conftest.randomise_bn`)."""
+    return randomise_bn(build(spec)).eval()
 
 
 def with_reference_scan(model):

@@ -7,7 +7,7 @@ from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch
 from mmlab.model.layers import ConvBN, Residual
 from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
-from tests.conftest import read_tsv
+from tests.conftest import randomise_bn, read_tsv
 
 TINY = get_preset("tiny")
 
@@ -128,21 +128,10 @@ def test_every_variant_builds_and_trains(name):
     assert model.forward_features(x).shape[-1] == spec.stage_resolutions[-1]
 
 
-def _randomise_bn(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-
-
 def _randomise_all(model: torch.nn.Module) -> None:
     """BatchNorm statistics and affines, and every per-channel scale, away from their init values
     (zero-initialised gammas would hide half of each block from a comparison)."""
-    _randomise_bn(model)
+    randomise_bn(model)
     g = torch.Generator().manual_seed(2)
     for m in model.modules():
         if isinstance(m, ChannelScale):
@@ -180,7 +169,7 @@ def test_fuse_matches_unfused(name):
 def test_fused_local_branch_is_one_conv_and_one_multiply_add():
     torch.manual_seed(6)
     branch = LocalBranch(12, 5)
-    _randomise_bn(branch)
+    randomise_bn(branch)
     branch.dwconv1x1.weight.data.normal_()
     branch.eval()
     fused = branch.fuse()
@@ -194,7 +183,7 @@ def test_fused_local_branch_is_one_conv_and_one_multiply_add():
 def test_residual_depthwise_conv_folds_into_one_conv():
     torch.manual_seed(3)
     res = Residual(ConvBN(8, 8, 3, 1, 1, groups=8))
-    _randomise_bn(res)
+    randomise_bn(res)
     res.eval()
     fused = res.fuse()
     assert isinstance(fused, torch.nn.Conv2d)  # x + conv(x): the identity is in the centre tap
