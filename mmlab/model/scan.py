@@ -107,6 +107,13 @@ def selective_scan_ref(
     return y
 
 
+def _chunk_geometry(length: int, chunk: int | None) -> tuple[int, int, int]:
+    """(T, chunks, padding) of a length-L sequence cut into chunks of T (default ⌊√L⌋) positions."""
+    t_len = chunk or max(1, math.isqrt(length))
+    n_chunks = -(-length // t_len)
+    return t_len, n_chunks, n_chunks * t_len - length
+
+
 def selective_scan_fast(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -155,9 +162,7 @@ def selective_scan_fast(
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     per_group = channels // groups
-    t_len = chunk or max(1, math.isqrt(length))
-    n_chunks = -(-length // t_len)
-    pad = n_chunks * t_len - length
+    t_len, n_chunks, pad = _chunk_geometry(length, chunk)
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
         """(..., L) -> contiguous (..., T, chunks), zero-padded to T·chunks positions."""
@@ -229,9 +234,7 @@ def selective_scan_infer(
     batch, channels, length = u.shape
     groups = B.shape[1]
     per_group = channels // groups
-    t_len = chunk or max(1, math.isqrt(length))
-    n_chunks = -(-length // t_len)
-    pad = n_chunks * t_len - length
+    t_len, n_chunks, pad = _chunk_geometry(length, chunk)
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
         """(batch, K, width, L) -> contiguous (batch, K, T, chunks, width), zero-padded to T·chunks positions."""
