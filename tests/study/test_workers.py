@@ -60,6 +60,27 @@ def wait_for_running(cfg, proc, timeout=120):
     raise AssertionError("no trial started")
 
 
+def stop_a_worker_mid_trial(cfg, proc, timeout=120):
+    """SIGSTOP a worker while it holds a RUNNING trial; return its pid and that trial.
+
+    Stopping before looking makes the trial it holds at its death certain: a trial read as RUNNING
+    may finish before a signal lands, and a worker may be killed between two trials.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = wait_for_running(cfg, proc).user_attrs["worker_pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            held = [t for t in trials_of(cfg) if t.state.name == "RUNNING" and t.user_attrs.get("worker_pid") == pid]
+        except optuna.exceptions.StorageInternalError:  # stopped inside a write: let it finish and look again
+            held = []
+        if held:
+            return pid, held[0]
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no worker could be stopped inside a trial")
+
+
 def check_exact(cfg):
     """Exactly ``cfg.trials`` COMPLETE, none RUNNING or WAITING, no architecture twice."""
     trials = trials_of(cfg)
@@ -102,8 +123,8 @@ def test_two_workers_on_sqlite_finish_exactly_and_a_resume_repeats_nothing(tmp_p
 def test_kill_9_of_a_worker_then_resume(tmp_path):
     cfg = config(tmp_path, "k", trials=6)
     proc = start(cfg, 2)
-    victim = wait_for_running(cfg, proc)
-    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    pid, victim = stop_a_worker_mid_trial(cfg, proc)
+    os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     # The other worker fails the stale trial after the grace period, retries it and finishes.
     assert proc.returncode == 0, err[-3000:]
