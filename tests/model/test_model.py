@@ -4,7 +4,7 @@ import torch
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
-from mmlab.model.layers import ConvBN, Residual
+from mmlab.model.layers import ConvBN, Pointwise, Residual
 from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import randomise_bn, read_tsv
@@ -156,7 +156,9 @@ def test_fuse_matches_unfused(name):
     model.eval()
     fused = mmlab.fuse(model)
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, ConvBN, ChannelScale)) for m in fused.modules())
-    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in fused.modules() if isinstance(m, torch.nn.Conv2d))
+    convs = [m for m in fused.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not [m for m in convs if Pointwise.from_conv(m)]  # every dense 1x1 conv is a matrix product
     x = torch.randn(1, 3, spec.resolution, spec.resolution)
     with torch.inference_mode():
         ref, out = model(x), fused(x)
@@ -164,6 +166,23 @@ def test_fuse_matches_unfused(name):
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5
     # The original is untouched unless asked.
     assert any(isinstance(m, ConvBN) for m in model.modules())
+
+
+def test_pointwise_equals_the_1x1_conv_it_replaces():
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(12, 20, 1)
+    layer = Pointwise.from_conv(conv)
+    for x in (torch.randn(2, 12, 5, 7), torch.randn(2, 12, 5, 7).contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            out = layer(x)
+            torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-6)
+        assert out.shape == (2, 20, 5, 7)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # channels-last in, channels-last out
+    assert Pointwise.from_conv(torch.nn.Conv2d(12, 20, 1, bias=False)).bias is None
+    # Anything but a dense stride-1 1x1 conv keeps its conv.
+    for other in (torch.nn.Conv2d(12, 20, 3, padding=1), torch.nn.Conv2d(12, 20, 1, stride=2),
+                  torch.nn.Conv2d(12, 12, 1, groups=12), torch.nn.Conv2d(12, 20, 1, padding=1)):
+        assert Pointwise.from_conv(other) is None
 
 
 def test_fused_local_branch_is_one_conv_and_one_multiply_add():
