@@ -1,7 +1,8 @@
 """mmlab against the authors' MobileMamba, interleaved in one process: batch-1 CPU latency per preset.
 
     python benchmarks/side_by_side.py --official /tmp/official [--presets t2,t4,s6,b1,b2,b4]
-        [--rounds 30] [--threads 2] [--official-scan authors|mmlab] [--seed 0] [--json rows.json]
+        [--rounds 30] [--threads 2] [--official-scan authors|mmlab] [--runtime eager|compile|onnxruntime]
+        [--seed 0] [--json rows.json]
 
 Absolute CPU times do not carry across machines or torch builds (../shared/reference/README.md):
 the only fair comparison with the authors' code is in the same process, same input, same weights,
@@ -27,7 +28,9 @@ timed alternately. That is what this script does, per preset:
    network's output difference;
 4. times one forward pass of each, alternately, for ``--rounds`` rounds after a warm-up
    (``mmlab.meter.latency.time_interleaved``: a fresh random order every round), under
-   ``torch.inference_mode`` with ``torch.set_num_threads(--threads)``; reports medians with p10-p90
+   ``torch.inference_mode`` with ``torch.set_num_threads(--threads)``; mmlab's side in ``--runtime``
+   (default eager; ``compile`` / ``onnxruntime`` are prepared, and their outputs checked against
+   eager, before the timing, and the time that took is reported apart); reports medians with p10-p90
    and the median over rounds of the per-round ratio mmlab / authors with a bootstrap 95 % interval.
 
 It prints one Markdown table and, on its last line, the geometric mean of the ratios (below 1:
@@ -86,6 +89,7 @@ import json
 import math
 import os
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -97,6 +101,7 @@ from torch import nn
 import mmlab.model  # noqa: F401  (before the authors' code: mmlab's scan reads TRITON_INTERPRET at import)
 from mmlab.meter.env import environment
 from mmlab.meter.latency import Interleaved, time_interleaved
+from mmlab.meter.runtimes import RUNTIMES
 from mmlab.model import build, fuse, to_official_state_dict
 from mmlab.model.checkpoint import official_key_map
 from mmlab.model.scan import selective_scan_fast
@@ -288,8 +293,10 @@ def worst(diffs: dict[str, float]) -> tuple[str, float]:
     return max(diffs.items(), key=lambda item: item[1], default=("", 0.0))
 
 
-def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int, seed: int) -> dict[str, Any]:
-    """Build, check and time one preset; returns its row."""
+def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int, seed: int,
+            runtime: str = "eager") -> dict[str, Any]:
+    """Build, check and time one preset, mmlab's side in ``runtime`` (the authors' side is always
+    their eager network); returns its row."""
     spec = get_preset(name)
     cfg = getattr(mobilemamba, f"CFG_MobileMamba_{name.upper()}")
     if cfg["img_size"] != spec.resolution:
@@ -311,9 +318,14 @@ def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int,
     out_fused, inner_fused = check_outputs(ours, theirs, module_pairs(spec, INNER_FUSED), x)
 
     with torch.inference_mode():
+        start = time.perf_counter()
+        run_ours = RUNTIMES[runtime].prepare(ours, x)  # compile / export and its output check: never timed
+        prepare_s = time.perf_counter() - start
         # Base first: ratios[0] is mmlab / authors, round by round.
-        result: Interleaved = time_interleaved([lambda: theirs(x), lambda: ours(x)], rounds=rounds, min_rounds=rounds,
+        result: Interleaved = time_interleaved([lambda: theirs(x), run_ours], rounds=rounds, min_rounds=rounds,
                                                max_time_s=math.inf, seed=seed)
+    if RUNTIMES[runtime].release is not None:
+        RUNTIMES[runtime].release()
     authors, mmlab_t, ratio = result.timing(0), result.timing(1), result.ratios[0]
     worst_unfused, worst_fused = worst(inner_unfused), worst(inner_fused)
     return {
@@ -322,7 +334,7 @@ def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int,
         "mmlab_ms": mmlab_t.median_ms, "mmlab_p10_ms": mmlab_t.p10_ms, "mmlab_p90_ms": mmlab_t.p90_ms,
         "authors_ms": authors.median_ms, "authors_p10_ms": authors.p10_ms, "authors_p90_ms": authors.p90_ms,
         "ratio_mmlab_over_authors": ratio.ratio, "ratio_low": ratio.low, "ratio_high": ratio.high, "ratio_level": ratio.level,
-        "rounds": result.rounds, "compare_s": result.seconds,
+        "rounds": result.rounds, "compare_s": result.seconds, "runtime": runtime, "prepare_s": prepare_s,
         "max_rel_diff": out_fused,
         "max_rel_diff_unfused": out_unfused,
         "inner_modules_unfused": len(inner_unfused), "inner_worst_unfused": worst_unfused[0],
@@ -330,7 +342,7 @@ def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int,
         "inner_modules_fused": len(inner_fused), "inner_worst_fused": worst_fused[0], "inner_max_rel_diff_fused": worst_fused[1],
         "randomized_tensors": randomized, "bn_left_mmlab": batchnorms(ours), "bn_left_authors": batchnorms(theirs),
         "mmlab_samples_ms": list(result.samples_ms[1]), "authors_samples_ms": list(result.samples_ms[0]),
-        **environment("cpu", threads, "float32", 1, spec.resolution, "eager"),
+        **environment("cpu", threads, "float32", 1, spec.resolution, "eager", runtime=runtime),
     }
 
 
@@ -341,8 +353,9 @@ def largest_diff(row: dict[str, Any]) -> float:
 
 def table(rows: list[dict[str, Any]], tolerance: float) -> list[str]:
     """The Markdown table of the rows; a ✗ marks a row with any difference (output or inner module) above ``tolerance``."""
+    runtime = rows[0]["runtime"] if rows else "eager"
     lines = [
-        "| preset | px | mmlab ms (median, p10-p90) | authors ms (median, p10-p90) | mmlab/authors (95% CI) | max rel diff |",
+        f"| preset | px | mmlab {runtime} ms (median, p10-p90) | authors ms (median, p10-p90) | mmlab/authors (95% CI) | max rel diff |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -374,6 +387,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--official-scan", choices=OFFICIAL_SCANS, default="authors",
                         help="selective scan on the authors' side: their own CPU scan, or mmlab's")
+    parser.add_argument("--runtime", choices=[n for n, r in RUNTIMES.items() if "cpu" in r.devices], default="eager",
+                        help="how mmlab's side runs (the authors' side is their eager network); compile / export "
+                             "time is reported apart, never timed")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, input and block order")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed max|diff| / max|authors output|")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here (JSON list)")
@@ -402,13 +418,14 @@ def main() -> int:
 
     rows = []
     for name in presets:
-        row = compare(name, mobilemamba, args.rounds, args.threads, args.seed)
+        row = compare(name, mobilemamba, args.rounds, args.threads, args.seed, args.runtime)
         rows.append(row)
         print(f"- {name}: output max rel diff {row['max_rel_diff']:.1e} fused, {row['max_rel_diff_unfused']:.1e} unfused; "
               f"worst of {row['inner_modules_unfused']} inner modules unfused {row['inner_max_rel_diff_unfused']:.1e} "
               f"({row['inner_worst_unfused']}), of {row['inner_modules_fused']} fused {row['inner_max_rel_diff_fused']:.1e}; "
               f"BatchNorms left mmlab {row['bn_left_mmlab']} / authors {row['bn_left_authors']}; "
-              f"{row['randomized_tensors']} constant tensors randomised; timed in {row['compare_s']:.0f} s", flush=True)
+              f"{row['randomized_tensors']} constant tensors randomised; {args.runtime} prepared in {row['prepare_s']:.0f} s, "
+              f"timed in {row['compare_s']:.0f} s", flush=True)
     load_after = os.getloadavg()[0]
     print(f"- load average (1 min) {load_before:.2f} before, {load_after:.2f} after "
           f"({os.cpu_count()} cores: well above {args.threads} means the machine was busy)", flush=True)
