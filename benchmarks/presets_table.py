@@ -1,7 +1,7 @@
 """Write results/presets.md: the six paper presets measured on this machine, in every CPU runtime.
 
     python benchmarks/presets_table.py [--threads N] [--runtimes eager,compile,onnxruntime] [--out results/presets.md]
-                                       [--side-by-side results/side_by_side.json]
+                                       [--side-by-side results/side_by_side.json [results/side_by_side_compile.json ...]]
 
 Every figure is measured here by `mmlab.meter.measure` (fresh, not from the cache): counts, and
 the batch-1 latency of the BatchNorm-fused network in each runtime, with the time each runtime
@@ -9,6 +9,9 @@ needs before its first timed pass (compile / export + check), never inside the l
 authors' implementation is compared only where it was timed in the same process
 (`benchmarks/side_by_side.py --json`): a reference timed on another machine with another torch
 build is not a measurement of either, so this table does not divide by one. Run it alone.
+
+Compile times are cold: the run compiles into an empty inductor cache of its own (a temporary
+``TORCHINDUCTOR_CACHE_DIR``), so a graph compiled earlier on this machine does not shorten them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +42,9 @@ def main() -> None:
     parser.add_argument("--runtimes", default="eager,compile,onnxruntime", help="comma-separated, from the registry")
     parser.add_argument("--presets", default=",".join(PAPER_PRESETS))
     parser.add_argument("--max-time-s", type=float, default=5.0, help="time cap per timing")
-    parser.add_argument("--side-by-side", type=Path, default=None,
-                        help="rows written by benchmarks/side_by_side.py --json (same machine, same process)")
+    parser.add_argument("--side-by-side", type=Path, nargs="+", default=[],
+                        help="rows written by benchmarks/side_by_side.py --json (same machine, same process), "
+                             "one file per runtime of mmlab's side")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "presets.md")
     args = parser.parse_args()
     runtimes = [r for r in args.runtimes.split(",") if r]
@@ -46,6 +52,8 @@ def main() -> None:
         if r not in RUNTIMES:
             parser.error(f"--runtimes: {r!r} is not allowed; allowed: {', '.join(RUNTIMES)}")
     presets = [p for p in args.presets.split(",") if p]
+    # Read when inductor is first imported (the first compile), so setting it here is in time.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmlab-presets-inductor-")
 
     rows: dict[str, dict[str, dict]] = {}
     for name in presets:
@@ -70,7 +78,7 @@ def main() -> None:
         "median of repeated batch-1 forward passes in ms (p10-p90 in brackets), per runtime: "
         + "; ".join(f"`{r}`: {RUNTIMES[r].description}" for r in runtimes) + ". "
         "The time a runtime needs before its first timed pass (compile, or ONNX export and output check) "
-        "is in its own column, never in the latency.",
+        "is in its own column, never in the latency; compile times are cold (an empty inductor cache).",
         "",
         "| preset | resolution | params | macs_paper | macs | "
         + " | ".join(f"{r} ms" for r in runtimes)
@@ -96,17 +104,19 @@ def main() -> None:
     if any(ratios.values()):
         lines += ["", "Geometric mean over these presets of runtime ÷ eager: "
                   + ", ".join(f"{r} {math.exp(sum(map(math.log, v)) / len(v)):.2f}" for r, v in ratios.items() if v) + "."]
-    if args.side_by_side is not None:
-        side = json.loads(args.side_by_side.read_text())
-        lines += ["", f"## Against the authors' implementation, same process ({args.side_by_side})", "",
+    for path in args.side_by_side:
+        side = json.loads(path.read_text())
+        runtime = side[0].get("runtime", "eager")
+        lines += ["", f"## Against the authors' implementation, same process: mmlab {runtime} ({path.name})", "",
                   "Timed interleaved in one process by `benchmarks/side_by_side.py` (same weights, both fused, "
-                  "batch 1, eager); ratio = mmlab ÷ authors with its interval.", "",
-                  "| preset | mmlab ms | authors ms | ratio [interval] |", "|---|---:|---:|---:|"]
+                  f"batch 1, {side[0]['env_threads']} threads; mmlab's side in `{runtime}`, the authors' network in "
+                  "eager PyTorch); ratio = median over rounds of mmlab ÷ authors with its 95 % bootstrap interval.", "",
+                  f"| preset | mmlab {runtime} ms | authors ms | ratio [interval] |", "|---|---:|---:|---:|"]
         for r in side:
             lines.append(f"| {r['preset']} | {r['mmlab_ms']:.1f} | {r['authors_ms']:.1f} | "
                          f"{r['ratio_mmlab_over_authors']:.2f} [{r['ratio_low']:.2f}, {r['ratio_high']:.2f}] |")
         logs = [math.log(r["ratio_mmlab_over_authors"]) for r in side]
-        lines += ["", f"Geometric mean of mmlab ÷ authors (eager): {math.exp(sum(logs) / len(logs)):.2f}."]
+        lines += ["", f"Geometric mean of mmlab {runtime} ÷ authors eager: {math.exp(sum(logs) / len(logs)):.3f}."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -162,7 +162,7 @@ class Runtime:
 
 RUNTIMES: dict[str, Runtime] = {
     "eager": Runtime("eager", "PyTorch eager mode, inference_mode", ("cpu", "cuda"), _eager),
-    "compile": Runtime("compile", "torch.compile, fullgraph (CUDA: reduce-overhead); compile time in compile_s",
+    "compile": Runtime("compile", "torch.compile, fullgraph (CPU: frozen weights; CUDA: reduce-overhead); compile time in compile_s",
                        ("cpu", "cuda"), _compile, tolerance=COMPILE_TOLERANCE, prepare_metric="compile_s",
                        release=_release_compiled),
     "onnxruntime": Runtime("onnxruntime", "ONNX export run in an onnxruntime CPU session (pip install "
