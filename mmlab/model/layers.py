@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlab.spec.params import make_divisible
+
 
 def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a BN that *follows* a conv/linear into that layer's weight and bias."""
@@ -156,11 +158,6 @@ class FFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw2(self.act(self.pw1(x)))
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Nearest multiple of ``divisor`` (at least ``divisor``), never bumped up afterwards."""
-    return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
 class SqueezeExcite(nn.Module):

@@ -42,14 +42,15 @@ def _depthwise_conv_bn(dim: int) -> int:
     return _conv_bn(dim, dim, 3, groups=dim)
 
 
-def _make_divisible(value: float, divisor: int = 8) -> int:
-    """Same rule as ``mmlab.model.layers.make_divisible`` (copied: the spec layer cannot import the model)."""
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Nearest multiple of ``divisor`` (at least ``divisor``), never bumped up afterwards: the
+    squeeze-excite width. Here, below the model, so that the formula and the built network share it."""
     return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
 def _squeeze_excite(channels: int, ratio: float = 0.25) -> int:
     """``SqueezeExcite``: 1x1 conv (bias) down to the reduced width, 1x1 conv (bias) back up."""
-    reduced = _make_divisible(channels * ratio, 8)
+    reduced = make_divisible(channels * ratio, 8)
     return _conv(channels, reduced, bias=True) + _conv(reduced, channels, bias=True)
 
 
