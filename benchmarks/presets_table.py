@@ -1,12 +1,16 @@
 """Write results/presets.md: the six paper presets measured on this machine, in every CPU runtime.
 
-    python benchmarks/presets_table.py [--threads N] [--runtimes eager,compile,onnxruntime] [--out results/presets.md]
-                                       [--side-by-side results/side_by_side.json [results/side_by_side_compile.json ...]]
+    python benchmarks/presets_table.py [--threads N] [--runtimes eager,compile,onnxruntime] [--rounds 30]
+        [--out results/presets.md] [--side-by-side results/side_by_side.json [results/side_by_side_compile.json ...]]
 
-Every figure is measured here by `mmlab.meter.measure` (fresh, not from the cache): counts, and
-the batch-1 latency of the BatchNorm-fused network in each runtime, with the time each runtime
-needs before its first timed pass (compile / export + check), never inside the latency. The
-authors' implementation is compared only where it was timed in the same process
+Per preset: counts from `mmlab.meter.measure` (fresh, not from the cache); then the BatchNorm-fused
+network is prepared once in each runtime (compile, or ONNX export and output check, timed apart
+and never inside the latency), and the runtimes are timed interleaved in one run
+(`mmlab.meter.latency.time_interleaved`: one batch-1 forward of each per round, in a fresh random
+order every round). A runtime's ratio to eager is taken within each round, so a burst of load on
+a shared machine slows every runtime of that round alike instead of one cell of the table.
+
+The authors' implementation is compared only where it was timed in the same process
 (`benchmarks/side_by_side.py --json`): a reference timed on another machine with another torch
 build is not a measurement of either, so this table does not divide by one. Run it alone.
 
@@ -23,87 +27,113 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from mmlab.meter.latency import Interleaved, Timing, time_interleaved
 from mmlab.meter.measure import measure
 from mmlab.meter.runtimes import RUNTIMES
+from mmlab.model import build, fuse
 from mmlab.spec.presets import PAPER_PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-PREPARE_METRICS = ("compile_s", "export_s")
 
 
-def _latency(r: dict) -> str:
-    return f"{r['latency_ms']:.1f} ({r['latency_p10_ms']:.1f}-{r['latency_p90_ms']:.1f})"
+def _latency(t: Timing) -> str:
+    return f"{t.median_ms:.1f} ({t.p10_ms:.1f}-{t.p90_ms:.1f})"
+
+
+def time_runtimes(name: str, runtimes: list[str], threads: int, rounds: int, seed: int) -> tuple[dict[str, Any], dict[str, float], Interleaved]:
+    """Counts and environment of preset ``name``, each runtime's preparation time in seconds, and
+    the runtimes (eager first) timed interleaved."""
+    spec = get_preset(name)
+    row = measure(spec, threads=threads, use_cache=False, runtime="eager", max_time_s=1.0)  # counts, environment
+    model = fuse(build(spec))
+    x = torch.randn(1, spec.in_chans, spec.resolution, spec.resolution, generator=torch.Generator().manual_seed(seed))
+    torch.set_num_threads(threads)
+    ready: dict[str, float] = {}
+    fns = []
+    with torch.inference_mode():
+        for runtime in runtimes:
+            start = time.perf_counter()
+            fns.append(RUNTIMES[runtime].prepare(model, x))
+            ready[runtime] = time.perf_counter() - start
+        result = time_interleaved(fns, rounds=rounds, min_rounds=rounds, max_time_s=math.inf, seed=seed)
+    for runtime in runtimes:
+        if RUNTIMES[runtime].release is not None:
+            RUNTIMES[runtime].release()
+    return row, ready, result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--runtimes", default="eager,compile,onnxruntime", help="comma-separated, from the registry")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default, all cores)")
+    parser.add_argument("--runtimes", default="eager,compile,onnxruntime",
+                        help="comma-separated, from the registry; eager is always timed, as the base")
     parser.add_argument("--presets", default=",".join(PAPER_PRESETS))
-    parser.add_argument("--max-time-s", type=float, default=5.0, help="time cap per timing")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds per preset")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the input and the order within rounds")
     parser.add_argument("--side-by-side", type=Path, nargs="+", default=[],
                         help="rows written by benchmarks/side_by_side.py --json (same machine, same process), "
                              "one file per runtime of mmlab's side")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "presets.md")
     args = parser.parse_args()
-    runtimes = [r for r in args.runtimes.split(",") if r]
+    runtimes = ["eager"] + [r for r in args.runtimes.split(",") if r and r != "eager"]
     for r in runtimes:
-        if r not in RUNTIMES:
-            parser.error(f"--runtimes: {r!r} is not allowed; allowed: {', '.join(RUNTIMES)}")
+        if r not in RUNTIMES or "cpu" not in RUNTIMES[r].devices:
+            parser.error(f"--runtimes: {r!r} is not allowed; allowed: {', '.join(n for n, rt in RUNTIMES.items() if 'cpu' in rt.devices)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} is not allowed; must be >= 1")
     presets = [p for p in args.presets.split(",") if p]
+    threads = args.threads or torch.get_num_threads()
     # Read when inductor is first imported (the first compile), so setting it here is in time.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmlab-presets-inductor-")
 
-    rows: dict[str, dict[str, dict]] = {}
+    measured = {}
     for name in presets:
-        rows[name] = {}
-        for runtime in runtimes:
-            row = measure(get_preset(name), threads=args.threads, use_cache=False, runtime=runtime,
-                          max_time_s=args.max_time_s)
-            rows[name][runtime] = row
-            ready = next((f"{m} {row[m]:.1f} s, " for m in PREPARE_METRICS if row.get(m) is not None), "")
-            print(f"{name} {runtime}: {row['latency_ms']:.1f} ms ({ready}measured in {row['measure_s']:.1f} s)", flush=True)
+        row, ready, result = time_runtimes(name, runtimes, threads, args.rounds, args.seed)
+        measured[name] = (row, ready, result)
+        cells = [f"{r} {result.timing(i).median_ms:.1f} ms" + (f" (ready in {ready[r]:.1f} s)" if r != "eager" else "")
+                 for i, r in enumerate(runtimes)]
+        print(f"{name}: " + ", ".join(cells) + f"; {result.rounds} rounds in {result.seconds:.0f} s", flush=True)
 
-    env = rows[presets[0]][runtimes[0]]
+    env = measured[presets[0]][0]
+    variants = runtimes[1:]
     lines = [
         "# Paper presets measured on this machine",
         "",
         f"Generated by `python benchmarks/presets_table.py` on {time.strftime('%Y-%m-%d')}: "
-        f"{env['env_hardware']}, {env['env_cpu_count']} cores, {env['env_threads']} threads, torch {env['env_torch']}, "
-        f"{env['env_dtype']}, batch {env['env_batch']}; run alone on the machine.",
+        f"{env['env_hardware']}, {env['env_cpu_count']} cores, {threads} threads, torch {env['env_torch']}, "
+        f"float32, batch 1; run alone on the machine.",
         "",
         "MACs: one multiply-add = 1 (the paper's \"FLOPs\"). `macs_paper` is the authors' convention "
-        "(no wavelet sub-band convs), `macs` counts everything. Latency: BatchNorm fused, eval, "
-        "median of repeated batch-1 forward passes in ms (p10-p90 in brackets), per runtime: "
+        "(no wavelet sub-band convs), `macs` counts everything. Latency: BatchNorm fused, eval, batch 1, "
+        f"the runtimes timed interleaved, {args.rounds} rounds per preset, one forward of each per round; "
+        "median ms with p10-p90 in brackets; runtime ÷ eager is the median over rounds of the per-round "
+        "ratio with its 95 % bootstrap interval. Runtimes: "
         + "; ".join(f"`{r}`: {RUNTIMES[r].description}" for r in runtimes) + ". "
         "The time a runtime needs before its first timed pass (compile, or ONNX export and output check) "
         "is in its own column, never in the latency; compile times are cold (an empty inductor cache).",
         "",
         "| preset | resolution | params | macs_paper | macs | "
         + " | ".join(f"{r} ms" for r in runtimes)
-        + " | " + " | ".join(f"{r} ÷ eager" for r in runtimes if r != "eager")
-        + " | " + " | ".join(f"{r} ready s" for r in runtimes if r != "eager") + " |",
-        "|---|---:|---:|---:|---:|" + "---:|" * (3 * len(runtimes) - 2),
+        + "".join(f" | {r} ÷ eager" for r in variants)
+        + "".join(f" | {r} ready s" for r in variants) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * (len(runtimes) + 2 * len(variants)),
     ]
-    ratios: dict[str, list[float]] = {r: [] for r in runtimes if r != "eager"}
-    for name, by_runtime in rows.items():
-        r0 = by_runtime[runtimes[0]]
-        cells = [name, str(r0["resolution"]), f"{r0['params']:,}", f"{r0['macs_paper']:,}", f"{r0['macs']:,}"]
-        cells += [_latency(by_runtime[r]) for r in runtimes]
-        for r in ratios:
-            if "eager" in by_runtime:
-                ratio = by_runtime[r]["latency_ms"] / by_runtime["eager"]["latency_ms"]
-                ratios[r].append(ratio)
-                cells.append(f"{ratio:.2f}")
-            else:
-                cells.append("-")
-        cells += [next((f"{by_runtime[r][m]:.1f}" for m in PREPARE_METRICS if by_runtime[r].get(m) is not None), "-")
-                  for r in runtimes if r != "eager"]
+    logs: dict[str, list[float]] = {r: [] for r in variants}
+    for name, (row, ready, result) in measured.items():
+        cells = [name, str(row["resolution"]), f"{row['params']:,}", f"{row['macs_paper']:,}", f"{row['macs']:,}"]
+        cells += [_latency(result.timing(i)) for i in range(len(runtimes))]
+        for r, ratio in zip(variants, result.ratios):
+            logs[r].append(math.log(ratio.ratio))
+            cells.append(f"{ratio.ratio:.2f} [{ratio.low:.2f}, {ratio.high:.2f}]")
+        cells += [f"{ready[r]:.1f}" for r in variants]
         lines.append("| " + " | ".join(cells) + " |")
-    if any(ratios.values()):
+    if variants:
         lines += ["", "Geometric mean over these presets of runtime ÷ eager: "
-                  + ", ".join(f"{r} {math.exp(sum(map(math.log, v)) / len(v)):.2f}" for r, v in ratios.items() if v) + "."]
+                  + ", ".join(f"{r} {math.exp(sum(v) / len(v)):.2f}" for r, v in logs.items()) + "."]
     for path in args.side_by_side:
         side = json.loads(path.read_text())
         runtime = side[0].get("runtime", "eager")
