@@ -3,7 +3,7 @@
     python benchmarks/presets_table.py [--threads N] [--runtimes eager,compile,onnxruntime] [--rounds 30]
         [--out results/presets.md] [--side-by-side results/side_by_side.json [results/side_by_side_compile.json ...]]
 
-Per preset: counts from `mmlab.meter.measure` (fresh, not from the cache); then the BatchNorm-fused
+Per preset: counts from `mmlab.meter.measure.cached_counts` (fresh, not from the cache); then the BatchNorm-fused
 network is prepared once in each runtime (compile, or ONNX export and output check, timed apart
 and never inside the latency), and the runtimes are timed interleaved in one run
 (`mmlab.meter.latency.time_interleaved`: one batch-1 forward of each per round, in a fresh random
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from mmlab.meter.latency import Interleaved, Timing, time_interleaved
-from mmlab.meter.measure import measure
+from mmlab.meter.env import environment
+from mmlab.meter.measure import cached_counts
 from mmlab.meter.runtimes import RUNTIMES
 from mmlab.model import build, fuse
 from mmlab.spec.presets import PAPER_PRESETS, get_preset
@@ -48,8 +49,10 @@ def time_runtimes(name: str, runtimes: list[str], threads: int, rounds: int, see
     """Counts and environment of preset ``name``, each runtime's preparation time in seconds, and
     the runtimes (eager first) timed interleaved."""
     spec = get_preset(name)
-    row = measure(spec, threads=threads, use_cache=False, runtime="eager", max_time_s=1.0)  # counts, environment
-    model = fuse(build(spec))
+    built = build(spec)
+    row = {"resolution": spec.resolution, **cached_counts(spec, None, built),  # fresh counts, not from the cache
+           **environment("cpu", threads, "float32", 1, spec.resolution, "eager")}
+    model = fuse(built)
     x = torch.randn(1, spec.in_chans, spec.resolution, spec.resolution, generator=torch.Generator().manual_seed(seed))
     torch.set_num_threads(threads)
     ready: dict[str, float] = {}
@@ -61,8 +64,7 @@ def time_runtimes(name: str, runtimes: list[str], threads: int, rounds: int, see
             ready[runtime] = time.perf_counter() - start
         result = time_interleaved(fns, rounds=rounds, min_rounds=rounds, max_time_s=math.inf, seed=seed)
     for runtime in runtimes:
-        if RUNTIMES[runtime].release is not None:
-            RUNTIMES[runtime].release()
+        RUNTIMES[runtime].free()
     return row, ready, result
 
 

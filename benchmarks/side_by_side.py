@@ -324,8 +324,7 @@ def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int,
         # Base first: ratios[0] is mmlab / authors, round by round.
         result: Interleaved = time_interleaved([lambda: theirs(x), run_ours], rounds=rounds, min_rounds=rounds,
                                                max_time_s=math.inf, seed=seed)
-    if RUNTIMES[runtime].release is not None:
-        RUNTIMES[runtime].release()
+    RUNTIMES[runtime].free()
     authors, mmlab_t, ratio = result.timing(0), result.timing(1), result.ratios[0]
     worst_unfused, worst_fused = worst(inner_unfused), worst(inner_fused)
     return {
@@ -342,7 +341,7 @@ def compare(name: str, mobilemamba: types.ModuleType, rounds: int, threads: int,
         "inner_modules_fused": len(inner_fused), "inner_worst_fused": worst_fused[0], "inner_max_rel_diff_fused": worst_fused[1],
         "randomized_tensors": randomized, "bn_left_mmlab": batchnorms(ours), "bn_left_authors": batchnorms(theirs),
         "mmlab_samples_ms": list(result.samples_ms[1]), "authors_samples_ms": list(result.samples_ms[0]),
-        **environment("cpu", threads, "float32", 1, spec.resolution, "eager", runtime=runtime),
+        **environment("cpu", threads, "float32", 1, spec.resolution, runtime, runtime=runtime),
     }
 
 

@@ -72,12 +72,6 @@ def _prepare(runtime: str, model: torch.nn.Module, x: torch.Tensor, row: dict[st
     return fn
 
 
-def _release(runtime: str) -> None:
-    release = RUNTIMES[runtime].release
-    if release is not None:
-        release()
-
-
 def _time_cpu(model: torch.nn.Module, spec: ArchSpec, batch: int, threads: int, max_time_s: float,
               runtime: str) -> dict[str, Any]:
     row: dict[str, Any] = {}
@@ -91,7 +85,7 @@ def _time_cpu(model: torch.nn.Module, spec: ArchSpec, batch: int, threads: int, 
             del fn
     finally:
         torch.set_num_threads(previous)
-        _release(runtime)
+        RUNTIMES[runtime].free()
     return {
         "latency_ms": t.median_ms, "latency_p10_ms": t.p10_ms, "latency_p90_ms": t.p90_ms,
         "latency_runs": t.runs, "throughput_ips": 1e3 * batch / t.median_ms, **row,
@@ -139,7 +133,7 @@ def _time_cuda_runtime(model: torch.nn.Module, spec: ArchSpec, batch: int, dtype
             try:
                 t = time_cuda(_prepare(runtime, model, x, row))
             finally:
-                _release(runtime)
+                RUNTIMES[runtime].free()
             if label == "latency":
                 row.update(latency_ms=t.median_ms, latency_p10_ms=t.p10_ms, latency_p90_ms=t.p90_ms, latency_runs=t.runs)
             else:

@@ -159,6 +159,11 @@ class Runtime:
     package: str | None = None
     release: Callable[[], None] | None = None
 
+    def free(self) -> None:
+        """Call :attr:`release` if the runtime has one: after the prepared callables are dropped."""
+        if self.release is not None:
+            self.release()
+
 
 RUNTIMES: dict[str, Runtime] = {
     "eager": Runtime("eager", "PyTorch eager mode, inference_mode", ("cpu", "cuda"), _eager),

@@ -191,8 +191,7 @@ def time_ratios(grid: Grid, folder: Path, settings: GridSettings, cache: Measure
             result = time_interleaved(fns, rounds=settings.rounds, max_time_s=settings.interleave_s,
                                       seed=len(data["groups"]), sync=sync)
             del fns
-            if RUNTIMES[settings.runtime].release is not None:
-                RUNTIMES[settings.runtime].release()
+            RUNTIMES[settings.runtime].free()
         keys = [spec.key for spec in specs]
         data["groups"].append({
             "keys": keys, "labels": [variants[0].label] + [v.label for v in group],
