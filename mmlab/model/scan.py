@@ -15,7 +15,8 @@ the gradient with respect to every input; ``tests/test_scan.py`` checks it.
 For inference on the CPU (fused networks, no gradient) :func:`selective_scan_infer` computes the
 same chunked scan in place in about 2·√L steps; its core, :func:`selective_scan_chunked`, takes
 sequences already laid out in chunks (FusedSS2D builds that layout straight from the feature
-map). Both are checked against the reference on outputs.
+map), and :func:`selective_scan_chunked_plain` is the same out of place, for compilers and
+exporters. All are checked against the reference on outputs.
 
 On CUDA there is a third, forward-only path, :func:`selective_scan_triton`: one Triton kernel
 that reads u, Δ, B, C once and writes y once (the chunked scan's ~10 full-size intermediates and
@@ -294,6 +295,45 @@ def selective_scan_chunked(
     y = h[..., 0].mul_(C) if n_state == 1 else (h * C.unsqueeze(-2)).sum(-1)  # (batch, K, T, chunks, Di)
     if D is not None:
         y.addcmul_(u, D.to(u.dtype).reshape(groups, 1, 1, per_group))
+    return y
+
+def selective_scan_chunked_plain(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`selective_scan_chunked` as out-of-place tensor ops, for compilers.
+
+    Same layout, passes and result, but every step makes a new tensor (a list of per-step
+    slices, stacked once), so ``torch.compile`` and exporters can trace it. Each step is
+    element-wise over (chunks, Di, N) with channels innermost, so inductor fuses a whole pass
+    into one loop vectorised over channels, where the (..., T, chunks) layout of
+    :func:`selective_scan_fast` (chunks innermost) compiles to strided scalar code.
+
+    Arguments, layout and result as :func:`selective_scan_chunked`.
+    """
+    _, groups, t_len, n_chunks, per_group = u.shape
+    n_state = A.shape[1]
+    A = A.to(u.dtype).reshape(groups, 1, per_group, n_state)
+    drive = ((delta * u).unsqueeze(-1) * B.unsqueeze(-2)).unbind(2)  # T x (batch, K, chunks, Di, N)
+    decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1)).unbind(2)  # T x (batch, K, chunks, Di, N)
+
+    # 1) every chunk from a zero state, and its decay since the chunk's start
+    hs, since = [drive[0]], [decay[0]]
+    for t in range(1, t_len):
+        hs.append(drive[t] + decay[t] * hs[-1])
+        since.append(decay[t] * since[-1])
+    h = torch.stack(hs, dim=2)  # (batch, K, T, chunks, Di, N)
+
+    # 2) the state entering each chunk, 3) added to every position, decayed since the chunk's start
+    if n_chunks > 1:
+        end, through = hs[-1].unbind(2), since[-1].unbind(2)  # chunks x (batch, K, Di, N)
+        entering = [torch.zeros_like(end[0])]
+        for c in range(1, n_chunks):
+            entering.append(end[c - 1] + through[c - 1] * entering[-1])
+        h = h + torch.stack(since, dim=2) * torch.stack(entering, dim=2).unsqueeze(2)
+
+    y = h[..., 0] * C if n_state == 1 else (h * C.unsqueeze(-2)).sum(-1)  # (batch, K, T, chunks, Di)
+    if D is not None:
+        y = y + u * D.to(u.dtype).reshape(groups, 1, 1, per_group)
     return y
 
 # ---------------------------------------------------------------------------------------------

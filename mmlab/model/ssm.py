@@ -11,8 +11,8 @@ from torch import nn
 
 from mmlab.model.layers import ConvBN, LayerNorm2d, conv_like
 from mmlab.model.scan import (
-    selective_scan_chunked, selective_scan_fast, selective_scan_infer, selective_scan_ref, selective_scan_triton,
-    triton_scan_applies,
+    selective_scan_chunked, selective_scan_chunked_plain, selective_scan_fast, selective_scan_infer, selective_scan_ref,
+    selective_scan_triton, triton_scan_applies,
 )
 
 DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
@@ -115,11 +115,15 @@ def chunked_sequences(x: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.stack(parts, dim=1)
 
 
-def merge_chunked(y: torch.Tensor, mode: str) -> torch.Tensor:
-    """Inverse layout of :func:`chunked_sequences`, summing the directions: (B, K, W, H, D) -> (B, H, W, D), contiguous."""
+def merge_chunked(y: torch.Tensor, mode: str, in_place: bool = True) -> torch.Tensor:
+    """Inverse layout of :func:`chunked_sequences`, summing the directions: (B, K, W, H, D) -> (B, H, W, D),
+    contiguous. ``in_place=False``: out-of-place sums only (what tracers and autograd follow)."""
     b, k, w, h, d = y.shape
     if k == 1:
         return y[:, 0].transpose(1, 2).contiguous()
+    if not in_place:
+        out = y[:, 0].transpose(1, 2) + y[:, 1].flip((1, 2)).transpose(1, 2)
+        return out + y[:, 2] + y[:, 3].flip((1, 2)) if mode == "cross" else out
     out = torch.add(y[:, 0].transpose(1, 2), y[:, 1].flip((1, 2)).transpose(1, 2), out=y.new_empty(b, h, w, d))
     if mode == "cross":
         out.add_(y[:, 2]).add_(y[:, 3].flip((1, 2)))
@@ -257,12 +261,16 @@ class FusedSS2D(SS2D):
         return super().scan(*args, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """As :meth:`SS2D.forward`; in inference on CPU (``fast``, grad mode off) the sequences are
-        laid out in scan chunks from the start (:func:`chunked_sequences`), so the projections,
-        the scan (:func:`~mmlab.model.scan.selective_scan_chunked`) and the merge need no
-        transposing copies, and the Δ bias rides on the Δ projection (``baddbmm``)."""
+        """As :meth:`SS2D.forward`; on CPU in inference (``fast``, grad mode off) and on the
+        ``plain`` path the sequences are laid out in scan chunks from the start
+        (:func:`chunked_sequences`), so the projections, the scan and the merge need no
+        transposing copies. ``fast`` scans in place (:func:`~mmlab.model.scan.selective_scan_chunked`)
+        with the Δ bias riding on the Δ projection (``baddbmm``); ``plain`` (what compilers and
+        exporters trace) scans out of place (:func:`~mmlab.model.scan.selective_scan_chunked_plain`)
+        and broadcasts over the batch, so an exported graph takes any batch size."""
         b, _, h, w = x.shape
-        if self.scan_impl != "fast" or x.is_cuda or torch.is_grad_enabled() or not chunk_layout_applies(self.mode, h, w):
+        in_place = self.scan_impl == "fast" and not torch.is_grad_enabled()
+        if not (in_place or self.scan_impl == "plain") or x.is_cuda or not chunk_layout_applies(self.mode, h, w):
             return super().forward(x)
         k, di, r, n = self.directions, self.d_inner, self.dt_rank, self.d_state
         dtype = torch.promote_types(x.dtype, torch.float32)
@@ -273,12 +281,16 @@ class FusedSS2D(SS2D):
         x_dbl = torch.matmul(xs.reshape(b, k, h * w, di), self.x_proj.to(dtype).transpose(1, 2))  # (B, K, L, R+2N)
         dts, bs, cs = x_dbl.split([r, n, n], dim=-1)
         dt_proj, dt_bias = self.dt_proj.to(dtype).transpose(1, 2), self.dt_bias.to(dtype).reshape(k, 1, di)
-        if b > 1:
-            dt_proj, dt_bias = dt_proj.repeat(b, 1, 1), dt_bias.repeat(b, 1, 1)
-        delta = F.softplus(torch.baddbmm(dt_bias, dts.reshape(b * k, h * w, r), dt_proj))  # (B*K, L, Di)
+        if not in_place:  # broadcast over any batch (an exported graph may get another batch size)
+            delta = F.softplus(torch.matmul(dts, dt_proj) + dt_bias)  # (B, K, L, Di)
+        else:
+            if b > 1:
+                dt_proj, dt_bias = dt_proj.repeat(b, 1, 1), dt_bias.repeat(b, 1, 1)
+            delta = F.softplus(torch.baddbmm(dt_bias, dts.reshape(b * k, h * w, r), dt_proj))  # (B*K, L, Di)
         A, D, _ = self.constants(dtype)
-        y = selective_scan_chunked(xs, delta.reshape(xs.shape), A, bs.reshape(*chunks, n), cs.reshape(*chunks, n), D)
-        y = merge_chunked(y.to(x.dtype), self.mode)  # (B, H, W, Di)
+        scan = selective_scan_chunked if in_place else selective_scan_chunked_plain
+        y = scan(xs, delta.reshape(xs.shape), A, bs.reshape(*chunks, n), cs.reshape(*chunks, n), D)
+        y = merge_chunked(y.to(x.dtype), self.mode, in_place)  # (B, H, W, Di)
         norm = self.out_norm
         y = F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps) * z.permute(0, 2, 3, 1)
         return self.out_proj(y.permute(0, 3, 1, 2))  # channels-last (B, Di, H, W)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from mmlab.model import scan as scan_module
 from mmlab.model.scan import (
-    selective_scan_fast, selective_scan_infer, selective_scan_ref, selective_scan_triton, triton_scan_applies,
+    selective_scan_chunked, selective_scan_chunked_plain, selective_scan_fast, selective_scan_infer, selective_scan_ref,
+    selective_scan_triton, triton_scan_applies,
 )
 from mmlab.model.ssm import SS2D, FusedSS2D, SelectiveScan
 
@@ -209,6 +210,52 @@ def test_fused_ss2d_inference_paths_equal_the_reference(mode, side, monkeypatch)
     with torch.inference_mode():
         assert rel(fused(x), ref) < 1e-5
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("t_len", "n_chunks", "n"), [(4, 3, 1), (5, 1, 4), (1, 6, 2), (3, 3, 16)])
+def test_chunked_plain_equals_the_in_place_scan_and_the_reference(t_len, n_chunks, n):
+    """The out-of-place chunk-layout scan (what compilers trace) against the in-place one and the
+    readable reference, on sequences laid out (batch, K, T, chunks, Di): position c·T + t at [t, c]."""
+    batch, k, di = 2, 2, 8
+    inputs = make_inputs(batch, k, di, t_len * n_chunks, n)
+
+    def to_chunks(x):  # (batch, K, width, L) -> (batch, K, T, chunks, width)
+        return x.unflatten(-1, (n_chunks, t_len)).permute(0, 1, 4, 3, 2).contiguous()
+
+    delta = F.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
+    args = (to_chunks(inputs["u"].reshape(batch, k, di, -1)), to_chunks(delta.reshape(batch, k, di, -1)),
+            inputs["A"], to_chunks(inputs["B"]), to_chunks(inputs["C"]), inputs["D"])
+    before = [a.clone() for a in args]
+    y = selective_scan_chunked_plain(*args)
+    assert all(torch.equal(a, b) for a, b in zip(args, before))  # out of place: inputs untouched
+    assert rel(y, selective_scan_chunked(*[a.clone() for a in args])) < 1e-6
+    ref = selective_scan_ref(**inputs)  # (batch, K*Di, L)
+    assert rel(y.permute(0, 1, 4, 3, 2).reshape(batch, k * di, -1), ref) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["forward", "bidi", "cross"])
+@pytest.mark.parametrize("side", [(1, 1), (2, 2), (6, 6), (5, 7)])
+def test_fused_ss2d_plain_path_equals_the_reference(mode, side, monkeypatch):
+    """``plain`` (compile, onnxruntime): the chunk layout with the out-of-place scan wherever the
+    layout applies, in grad mode too (it has no in-place update), else the plain chunked scan."""
+    layer = SS2D(16, 32, 3, d_state=2, mode=mode).eval()
+    with torch.no_grad():
+        for name in ("A_logs", "Ds", "dt_projs_bias"):
+            getattr(layer, name).uniform_(-0.5, 0.5)
+    fused = layer.fuse()
+    fused.scan_impl = "plain"
+    calls = []
+    real = scan_module.selective_scan_chunked_plain
+    monkeypatch.setattr("mmlab.model.ssm.selective_scan_chunked_plain", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 16, *side)
+    layer.scan_impl = "ref"
+    with torch.no_grad():
+        ref = layer(x)
+        assert rel(fused(x), ref) < 1e-5
+    y = fused(x)
+    assert y.requires_grad and rel(y.detach(), ref) < 1e-5
+    chunk_layout = mode != "cross" or side[0] == side[1]
+    assert len(calls) == (2 if chunk_layout else 0)
 
 
 def test_autograd_function_matches_fast_path():
