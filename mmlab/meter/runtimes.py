@@ -43,14 +43,17 @@ def check_outputs(name: str, out: "torch.Tensor", ref: "torch.Tensor", tolerance
 
 
 def traceable(model: "torch.nn.Module") -> "torch.nn.Module":
-    """A copy of ``model`` whose selective scans take the ``plain`` path: the chunked scan as
-    out-of-place tensor ops, no ``autograd.Function``; the same outputs to 1e-5 as the reference.
+    """A copy of ``model`` whose selective scans take the ``plain`` path: out-of-place tensor ops,
+    no ``autograd.Function``; the same outputs to 1e-5 as the reference. A fused SS2D then lays
+    its sequences out in scan chunks (:func:`~mmlab.model.scan.selective_scan_chunked_plain`), an
+    unfused one uses :func:`~mmlab.model.scan.selective_scan_fast`.
 
-    Eager CPU inference uses an in-place scan (state slices updated with ``out=``, ``cumprod``),
-    and the default CPU path an ``autograd.Function``: ``torch.compile(fullgraph=True)`` cannot
-    trace ``out=`` into a view, ONNX has no cumulative product, and the TorchScript ONNX exporter
-    fails to inline the Function on short sequences (1x1 and 2x2 maps). So the compile (CPU) and
-    onnxruntime runtimes start from this copy.
+    Eager CPU inference updates the scan state in place (``out=`` into views), and the default
+    CPU path is an ``autograd.Function``: ``torch.compile(fullgraph=True)`` cannot trace ``out=``
+    into a view, and the TorchScript ONNX exporter fails to inline the Function on short
+    sequences (1x1 and 2x2 maps). So the compile (CPU) and onnxruntime runtimes start from this
+    copy. (t2, onnxruntime at 2 threads: the chunk layout 0.66x the time of the earlier
+    (..., T, chunks) plain scan.)
     """
     import copy
 
@@ -81,19 +84,25 @@ def _compile(model: "torch.nn.Module", example: "torch.Tensor") -> Callable[[], 
     CPU: the default mode (inductor's C++/OpenMP code; ``max-autotune`` tunes GEMM templates
     for minutes on a small CPU for little gain at batch 1) with ``freezing``: the weights become
     constants, so inductor folds them and lays the conv and GEMM weights out for oneDNN once
-    instead of on every call (t2 at 2 threads: 13.4-14.3 ms against 15.2-16.2 ms unfrozen, eager
-    15.3-16.9 ms, before :class:`~mmlab.model.layers.Pointwise`). CUDA: ``reduce-overhead``, inductor's
-    kernels replayed as a CUDA graph, the inference mode for small batches where launches dominate.
+    instead of on every call. The compiled network is :func:`traceable`'s copy (the chunk-layout
+    scan as out-of-place ops, which inductor turns into one loop per pass, vectorised over
+    channels) with every depthwise conv as a :class:`~mmlab.model.layers.TapConv` (a sum of shifted
+    maps that inductor fuses with its neighbours instead of a oneDNN call per conv). t2 at 2
+    threads, interleaved: the chunk-layout scan 0.80x the earlier plain scan, the tap sums 0.82x
+    the convs. CUDA: ``reduce-overhead``, inductor's kernels replayed as a CUDA graph, the
+    inference mode for small batches where launches dominate, with the Triton scan.
     The first calls compile (and on CUDA record the graph); they run here, never in the timing.
-    On the CPU the compiled network is :func:`traceable`'s copy (plain chunked scan).
     """
     import torch
 
-    mode = "reduce-overhead" if example.is_cuda else None
-    options = None if example.is_cuda else {"freezing": True}  # torch.compile takes a mode or options, not both
-    # CUDA keeps the Triton scan (an opaque op to the compiler); the CPU takes the traceable scan.
-    compiled = torch.compile(model if example.is_cuda else traceable(model), mode=mode, options=options,
-                             fullgraph=True, dynamic=False)
+    from mmlab.model.layers import tap_convs
+
+    if example.is_cuda:  # the Triton scan is an opaque op to the compiler
+        compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    else:
+        cpu_model = traceable(model)
+        tap_convs(cpu_model)
+        compiled = torch.compile(cpu_model, options={"freezing": True}, fullgraph=True, dynamic=False)
     for _ in range(3):  # compile, then the calls a CUDA graph needs before it is recorded
         out = compiled(example)
     tolerance = COMPILE_TOLERANCE if example.dtype == torch.float32 else HALF_TOLERANCE

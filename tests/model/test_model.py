@@ -4,7 +4,7 @@ import torch
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
-from mmlab.model.layers import ConvBN, Pointwise, Residual
+from mmlab.model.layers import ConvBN, Pointwise, Residual, TapConv, tap_convs
 from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import randomise_bn, read_tsv
@@ -183,6 +183,38 @@ def test_pointwise_equals_the_1x1_conv_it_replaces():
     for other in (torch.nn.Conv2d(12, 20, 3, padding=1), torch.nn.Conv2d(12, 20, 1, stride=2),
                   torch.nn.Conv2d(12, 12, 1, groups=12), torch.nn.Conv2d(12, 20, 1, padding=1)):
         assert Pointwise.from_conv(other) is None
+
+
+@pytest.mark.parametrize("conv", [
+    torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+    torch.nn.Conv2d(8, 8, 7, padding=3, groups=8, bias=False),
+    torch.nn.Conv2d(8, 16, 5, stride=2, padding=2, groups=8),  # channel multiplier 2, stride 2
+    torch.nn.Conv2d(6, 6, (3, 5), stride=(2, 1), padding=(0, 2), groups=6),
+], ids=["3x3", "7x7-no-bias", "multiplier-stride2", "3x5-asymmetric"])
+def test_tap_conv_equals_the_depthwise_conv_it_replaces(conv):
+    torch.manual_seed(7)
+    layer = TapConv.from_conv(conv)
+    for side in ((7, 7), (6, 9), (4, 5)):
+        x = torch.randn(2, conv.in_channels, *side)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
+def test_tap_convs_take_every_depthwise_conv_and_nothing_else():
+    for other in (torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                  torch.nn.Conv2d(8, 8, 3, padding="same", groups=8), torch.nn.Conv2d(8, 8, 3, dilation=2, groups=8),
+                  torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect")):
+        assert TapConv.from_conv(other) is None
+    torch.manual_seed(8)
+    spec = get_preset("t2").replace(resolution=64)
+    model = mmlab.fuse(randomise_bn(mmlab.build(spec)).eval())
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and TapConv.from_conv(m)]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        assert tap_convs(model) == len(depthwise) > 0
+        assert not [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and TapConv.from_conv(m)]
+        assert ((model(x) - before).abs().max() / before.abs().max()).item() < 1e-5
 
 
 def test_fused_local_branch_is_one_conv_and_one_multiply_add():
