@@ -97,13 +97,13 @@ def _compile(model: "torch.nn.Module", example: "torch.Tensor") -> Callable[[], 
     """
     import torch
 
-    from mmlab.model.layers import tap_convs
+    from mmlab.model.layers import TapConv, swap_convs
 
     if example.is_cuda:  # the Triton scan is an opaque op to the compiler
         compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
     else:
         cpu_model = traceable(model)
-        tap_convs(cpu_model)
+        swap_convs(cpu_model, TapConv.from_conv)
         options = {"freezing": True, "cpp_wrapper": True}
         compiled = torch.compile(cpu_model, options=options, fullgraph=True, dynamic=False)
     for _ in range(3):  # compile, then the calls a CUDA graph needs before it is recorded

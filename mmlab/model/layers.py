@@ -7,6 +7,7 @@ model and swaps each for its folded form.
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -176,15 +177,16 @@ class TapConv(nn.Module):
         return f"{self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, stride={self.stride}, padding={self.padding}"
 
 
-def tap_convs(model: nn.Module) -> int:
-    """Replace every depthwise ``Conv2d`` of ``model`` (in place) by its :class:`TapConv`; how many."""
+def swap_convs(module: nn.Module, replacement: Callable[[nn.Conv2d], nn.Module | None]) -> int:
+    """Replace, in place, every ``Conv2d`` of ``module`` for which ``replacement(conv)`` gives a
+    module (e.g. :meth:`Pointwise.from_conv`, :meth:`TapConv.from_conv`); how many were replaced."""
     count = 0
-    for name, child in model.named_children():
-        if isinstance(child, nn.Conv2d) and (tap := TapConv.from_conv(child)) is not None:
-            setattr(model, name, tap)
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and (new := replacement(child)) is not None:
+            setattr(module, name, new)
             count += 1
         else:
-            count += tap_convs(child)
+            count += swap_convs(child, replacement)
     return count
 
 
@@ -279,7 +281,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     for name, child in model.named_children():
         setattr(model, name, fuse_module(child))
     with torch.no_grad():
-        _pointwise_in_place(model)
+        swap_convs(model, Pointwise.from_conv)
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 # Channels-last weights make CPU convs take oneDNN's channels-last kernels (and give
@@ -287,14 +289,6 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
                 # faster at these map sizes.
                 m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return model.eval()
-
-
-def _pointwise_in_place(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d) and (pointwise := Pointwise.from_conv(child)) is not None:
-            setattr(module, name, pointwise)
-        else:
-            _pointwise_in_place(child)
 
 
 def fuse_module(module: nn.Module) -> nn.Module:

@@ -4,7 +4,7 @@ import torch
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
-from mmlab.model.layers import ConvBN, Pointwise, Residual, TapConv, tap_convs
+from mmlab.model.layers import ConvBN, Pointwise, Residual, TapConv, swap_convs
 from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import randomise_bn, read_tsv
@@ -200,7 +200,7 @@ def test_tap_conv_equals_the_depthwise_conv_it_replaces(conv):
             torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-6)
 
 
-def test_tap_convs_take_every_depthwise_conv_and_nothing_else():
+def test_tap_convs_replace_every_depthwise_conv_and_nothing_else():
     for other in (torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=4),
                   torch.nn.Conv2d(8, 8, 3, padding="same", groups=8), torch.nn.Conv2d(8, 8, 3, dilation=2, groups=8),
                   torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect")):
@@ -212,7 +212,7 @@ def test_tap_convs_take_every_depthwise_conv_and_nothing_else():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         before = model(x)
-        assert tap_convs(model) == len(depthwise) > 0
+        assert swap_convs(model, TapConv.from_conv) == len(depthwise) > 0
         assert not [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and TapConv.from_conv(m)]
         assert ((model(x) - before).abs().max() / before.abs().max()).item() < 1e-5
 
