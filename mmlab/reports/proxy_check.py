@@ -84,7 +84,20 @@ def write_proxy_report(folder: Path) -> dict[str, Path]:
     signals = [s for s in settings.get("signals", []) if f"signal_{s}" in frame]
     table, choice = signal_table(frame, signals)
     pairs, ceiling = noise_ceiling(main, retest)
-    choice.update({"data": settings["data"], "n": len(frame), "noise_ceiling": ceiling.value if ceiling else None,
+    planned_main, planned_retest = settings["n"], settings.get("retest", 0)
+    complete = len(main) >= planned_main and len(retest) >= planned_retest
+    if not complete:  # a partial sample is not the committed evidence a default needs: params stays
+        leader = {k: choice[k] for k in ("signal", "rho", "rho_low", "rho_high")}
+        by_name = table.set_index("signal")
+        params = by_name.loc["params"] if "params" in by_name.index else {}
+        choice = {"signal": "params", **{k: params.get(c, math.nan) for k, c in
+                                         (("rho", "spearman_rho"), ("rho_low", "rho_low"), ("rho_high", "rho_high"))},
+                  "why": (f"partial check ({len(main)} of {planned_main} architectures, {len(retest)} of "
+                          f"{planned_retest} retests): no default is chosen from a partial sample; "
+                          f"on it the rule would pick {leader['signal']}"),
+                  "partial_leader": leader}
+    choice.update({"complete": complete, "planned": {"n": planned_main, "retest": planned_retest},
+                   "data": settings["data"], "n": len(frame), "noise_ceiling": ceiling.value if ceiling else None,
                    "noise_ceiling_low": ceiling.low if ceiling else None, "noise_ceiling_high": ceiling.high if ceiling else None,
                    "retest_pairs": pairs, "protocol": {k: settings.get(k) for k in ("epochs", "max_per_class", "batch_size")}})
     (folder / "recommendation.json").write_text(json.dumps(choice, indent=2, default=float) + "\n")
@@ -96,11 +109,16 @@ def write_proxy_report(folder: Path) -> dict[str, Path]:
         rho = float(table.set_index("signal").loc[name, "spearman_rho"])
         draw_proxy_scatter(frame, f"signal_{name}", TARGET, rho, folder / f"scatter_{name}.png")
     train_s = [r["score_s"] for r in retest if r.get("score_s")]
+    processes = len({r.get('host_pid') for r in main + retest})  # runs that shared a machine took longer
     wall = sum(r.get("score_s", 0) + r.get("measure_s", 0) for r in main + retest)
     geometry = settings.get("geometry", "")
     lines = [
         f"# Proxy check on `{settings['data']}`",
         "",
+        *([] if complete else [
+            f"> **Partial check:** {len(main)} of {planned_main} architectures and {len(retest)} of {planned_retest} "
+            "retests have finished. The same command resumes it; until it is complete no default is chosen from it.",
+            ""]),
         f"- sample: {len(frame)} architectures from space `{settings['space']}` under "
         f"{settings.get('budget_mflops')} M MACs (seed {settings['seed']}); signals on the untrained network",
         f"- ground truth `{TARGET}`: held-out top-1 (%) on the whole test split after {settings['epochs']} epochs on "
@@ -112,7 +130,8 @@ def write_proxy_report(folder: Path) -> dict[str, Path]:
         f"- gradient proxies and meco score a copy with zero-initialised BatchNorm γ set to 1",
         f"- noise ceiling (Spearman ρ between two training seeds on {pairs} architectures): "
         + (ceiling.fmt() if ceiling else "not measured (fewer than 3 retest pairs)"),
-        f"- one short training: {np.median(train_s):.0f} s median (retest runs; device {settings.get('device', '?')})"
+        f"- one short training: {np.median(train_s):.0f} s median (retest runs; device "
+        f"{', '.join(sorted({str(r.get('signal_device', '?')) for r in retest}))}; {processes} processes wrote rows)"
         if train_s else "- one short training: no retest run timed yet",
         f"- wall time of every signal and training run added up: {wall / 60:.1f} min",
         f"- top-1 over the sample: min {frame[TARGET].min():.2f}, median {frame[TARGET].median():.2f}, "

@@ -20,7 +20,7 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[str]) -> str:
             return f"{v:,}"
         return str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(fmt(str(c)) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for _, row in frame.iterrows()]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 import mmlab.study.candidate as candidate
 from mmlab.api import proxy_check
 from mmlab.cli import app
-from mmlab.reports.proxy_check import signal_table
+from mmlab.reports.proxy_check import signal_table, write_proxy_report
 from mmlab.study.proxy_check import TARGET, CheckSettings, read_check
 from mmlab.study.stats import bootstrap, kendall, partial_spearman, regret, spearman, top_precision
 
@@ -76,6 +76,16 @@ def test_proxy_check_end_to_end_resume_and_shards(tmp_path, monkeypatch):
     proxy_check(settings, results_dir=tmp_path)
     with pytest.raises(ValueError, match="epochs: 2 differs from the stored check's 1"):
         proxy_check(CheckSettings(**{**TINY, "epochs": 2}), results_dir=tmp_path)
+    # A partial check (one main run missing, e.g. stopped at a deadline) chooses no default.
+    assert recommendation["complete"] is True
+    lines = (folder / "rows.jsonl").read_text().splitlines()
+    last_main = max(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "main")
+    (folder / "rows.jsonl").write_text("".join(line + "\n" for i, line in enumerate(lines) if i != last_main))
+    write_proxy_report(folder)
+    partial = json.loads((folder / "recommendation.json").read_text())
+    assert partial["complete"] is False and partial["signal"] == "params" and partial["n"] == 3
+    assert partial["partial_leader"]["signal"] in TINY["signals"] and "partial check (3 of 4" in partial["why"]
+    assert "Partial check" in (folder / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
