@@ -206,6 +206,7 @@ def proxy_check_cmd(
     epochs: Annotated[int, typer.Option(help="Training epochs per architecture (the ground truth).")] = 3,
     max_per_class: Annotated[Optional[int], typer.Option(help="Training images per class (0: all).")] = 500,
     retest: Annotated[int, typer.Option(help="Architectures trained again with seed + 1: the noise ceiling.")] = 10,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the trainer's, 64).")] = None,
     budget_mflops: Annotated[float, typer.Option(help="Sample only architectures within this many M MACs (0: no budget).")] = 300.0,
     space: Annotated[str, typer.Option(help=SPACE_HELP)] = DEFAULT_SPACE,
     seed: Annotated[int, typer.Option(help="Seed of the sample, the proxies and the first training run.")] = 0,
@@ -235,7 +236,7 @@ def proxy_check_cmd(
     except ValueError:
         fail(f"shard: {shard!r} is not allowed; give I/K, e.g. 0/2")
     settings = CheckSettings(data=data, n=n, epochs=epochs, max_per_class=max_per_class or None, retest=retest,
-                             space=space, budget_mflops=budget_mflops or None, seed=seed, device=device.value)
+                             batch_size=batch_size, space=space, budget_mflops=budget_mflops or None, seed=seed, device=device.value)
     bar = tqdm(total=None, desc="proxy-check", unit="run", file=sys.stderr, dynamic_ncols=True)
 
     def progress(i: int, total: int, key: str) -> None:

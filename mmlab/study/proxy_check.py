@@ -76,6 +76,8 @@ def check_settings(s: CheckSettings) -> None:
         raise ValueError(f"n: {s.n} is not allowed; a rank correlation needs at least 3 architectures")
     if s.epochs < 1:
         raise ValueError(f"epochs: {s.epochs} is not allowed; must be >= 1")
+    if s.batch_size is not None and s.batch_size < 2:
+        raise ValueError(f"batch_size: {s.batch_size} is not allowed; training needs batches of at least 2")
     if not 0 <= s.retest <= s.n:
         raise ValueError(f"retest: {s.retest} is not allowed; must be between 0 and n ({s.n})")
     if s.budget_mflops is not None and not s.budget_mflops > 0:

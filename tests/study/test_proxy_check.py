@@ -97,6 +97,7 @@ def test_proxy_check_end_to_end_resume_and_shards(tmp_path, monkeypatch):
         (["--data", "mnist"], "mnist"),
         (["--epochs", "0"], "epochs: 0 is not allowed"),
         (["--retest", "50"], "retest: 50 is not allowed"),
+        (["--batch-size", "1"], "batch_size: 1 is not allowed"),
         (["--shard", "2/2"], "shard: 2/2 is not allowed"),
     ],
 )
