@@ -120,10 +120,13 @@ def ablate(grid: str | Path, *, settings: GridSettings = GridSettings(), results
 
 def proxy_check(settings: _proxy_check.CheckSettings = _proxy_check.CheckSettings(), *,
                 results_dir: str | Path = "results", shard: tuple[int, int] = (0, 1),
-                progress: Callable[[int, int, str], None] | None = None, write: bool = True) -> Path:
-    """Sample, score and train architectures (see :func:`mmlab.study.proxy_check.proxy_check`), then
-    write the correlation report (unless ``write`` is False, e.g. in all shards but the last)."""
-    folder = _proxy_check.proxy_check(settings, results_dir=results_dir, shard=shard, progress=progress)
+                progress: Callable[[int, int, str], None] | None = None, write: bool = True,
+                deadline: float | None = None) -> Path:
+    """Sample, score and train architectures (see :func:`mmlab.study.proxy_check.proxy_check`, which
+    also says what ``deadline`` does), then write the correlation report (unless ``write`` is False,
+    e.g. in all shards but the last)."""
+    folder = _proxy_check.proxy_check(settings, results_dir=results_dir, shard=shard, progress=progress,
+                                      deadline=deadline)
     if write:
         write_proxy_report(folder)
     return folder

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -145,8 +147,14 @@ def proxy_check(
     results_dir: str | Path = "results",
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[int, int, str], None] | None = None,
+    deadline: float | None = None,
 ) -> Path:
-    """Score and train what ``rows.jsonl`` does not hold yet (this shard's share); returns the folder."""
+    """Score and train what ``rows.jsonl`` does not hold yet (this shard's share); returns the folder.
+
+    ``deadline`` (a ``time.time()`` instant): start no run that would not finish by then, judged by
+    the median seconds of the finished runs of the same kind on this device (a run cut off by the
+    caller's deadline is lost; one never started costs nothing and is left for the resume).
+    """
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"shard: {index}/{count} is not allowed; give I/K with 0 <= I < K")
@@ -161,6 +169,10 @@ def proxy_check(
             progress(i, len(mine), f"{kind} {spec.key}")
         if (kind, spec.key) in done:
             continue
+        if deadline is not None and time.time() + expected_seconds(rows_path, kind, s.device) > deadline:
+            if progress is not None:
+                progress(i, len(mine), "deadline: the rest is left for the resume")
+            return folder
         signals = (*s.signals, "train") if kind == "main" else ("train",)
         record = evaluate(spec, EvalPlan(timing=False, signals=signals, score=s.score(seed)), cache)
         line = json.dumps({"kind": kind, **record.to_row(), "host_pid": f"{os.uname().nodename}:{os.getpid()}"})
@@ -169,6 +181,13 @@ def proxy_check(
     if progress is not None:
         progress(len(mine), len(mine), "done")
     return folder
+
+
+def expected_seconds(rows_path: Path, kind: str, device: str) -> float:
+    """Median seconds of the finished ``kind`` runs on ``device`` in ``rows_path`` (0 when there are none)."""
+    seconds = sorted(r["score_s"] + r.get("measure_s", 0.0) for r in read_rows(rows_path)
+                     if r.get("kind") == kind and r.get("signal_device") == device and r.get("score_s"))
+    return statistics.median(seconds) if seconds else 0.0
 
 
 def read_check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:

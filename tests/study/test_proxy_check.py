@@ -123,3 +123,21 @@ def test_score_cli(tmp_path):
     for signal in ("params", "synflow", "train"):
         result = runner.invoke(app, ["score", "tiny", "--signal", signal, "--data", "fashion-mnist:/nonexistent"])
         assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+
+
+def test_deadline_starts_no_run_that_would_end_after_it(tmp_path, monkeypatch):
+    """A shard stops before a run its finished runs say would outlast the deadline; the resume does it."""
+    import time
+
+    settings = CheckSettings(**{**TINY, "retest": 0})
+    folder = proxy_check(settings, results_dir=tmp_path, shard=(0, 2), write=False)  # architectures 0 and 2
+    rows_path = folder / "rows.jsonl"
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    rows_path.write_text("".join(json.dumps({**r, "score_s": 1000.0}) + "\n" for r in rows))  # as if each took 1000 s
+    real_score = candidate.score
+    monkeypatch.setattr(candidate, "score", lambda *a, **k: pytest.fail("started a run that would end after the deadline"))
+    proxy_check(settings, results_dir=tmp_path, shard=(1, 2), write=False, deadline=time.time() + 500)
+    assert len(read_check(folder)[0]) == 2
+    monkeypatch.setattr(candidate, "score", real_score)
+    proxy_check(settings, results_dir=tmp_path, shard=(1, 2), write=False, deadline=time.time() + 5000)
+    assert len(read_check(folder)[0]) == 4
