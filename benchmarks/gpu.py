@@ -202,6 +202,7 @@ class Report:
         self.header: list[str] = []
         self.checks: list[tuple[str, float | None, float | None, float, str]] = []
         self.scan_timing: list[str] = []
+        self.layout_ab: list[str] = []
         self.rows: dict[str, dict] = {}
         self.errors: list[str] = []
         self.status = "running"
@@ -252,6 +253,13 @@ class Report:
         if self.scan_timing:
             lines += ["", "## Selective scan alone (forward, inference mode)", "",
                       "| shape (batch, K·Di, L) | Triton ms | chunked ms | speed-up |", "|---|---|---|---|", *self.scan_timing]
+        if self.layout_ab:
+            lines += ["", f"## Deploy layout on CUDA, A/B in one process (batch {a.batch}, img/s, median of rounds)", "",
+                      "`fuse()` lays weights out for the CPU (channels-last conv weights, 1x1 convs as `Pointwise` "
+                      "GEMMs on a channels-last view). B is the same network with NCHW weights and 1x1 convs as "
+                      "`Conv2d` (cuDNN), the layout of the first GPU run. Rounds alternate A and B.", "",
+                      "| preset | A eager | B eager | B ÷ A eager | A graph | B graph | B ÷ A graph | B = A |",
+                      "|---|---|---|---|---|---|---|---|", *self.layout_ab]
         lines += ["", f"## Throughput, batch {a.batch} (img/s, median; p10–p90 in brackets)", "",
                   "| preset | img | eager | CUDA graph | compiled | authors eager (mean of 2) | authors graph | eager / authors eager | graph / authors graph | goal ≥ 2× authors eager and ≥ authors graph |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -416,6 +424,67 @@ def time_batch(name, model, spec, batch, label, row, deadline, counts, min_runs)
     del replay, x
 
 
+def nchw_variant(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a fused network in the pre-CPU-tuning deploy layout: every ``Pointwise`` back to a
+    1x1 ``Conv2d`` and every conv weight NCHW-contiguous (same outputs; checked by the caller)."""
+    import copy
+
+    from mmlab.model.layers import Pointwise
+
+    variant = copy.deepcopy(model)
+
+    def walk(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, Pointwise):
+                out_ch, in_ch = child.weight.shape
+                conv = torch.nn.Conv2d(in_ch, out_ch, 1, bias=child.bias is not None).to(child.weight.device)
+                with torch.no_grad():
+                    conv.weight.copy_(child.weight.reshape(out_ch, in_ch, 1, 1))
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(module, name, conv)
+            else:
+                walk(child)
+
+    walk(variant)
+    for m in variant.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous()
+    return variant.eval()
+
+
+def layout_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 3) -> None:
+    """Interleaved A/B of the fused network (A) against :func:`nchw_variant` (B) at the throughput batch."""
+    a = report.args
+    spec = get_preset(name)
+    torch.manual_seed(0)
+    model_a = fuse(build(spec).eval()).eval().cuda()
+    model_b = nchw_variant(model_a)
+    x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
+    far = time.monotonic() + 120
+    with torch.inference_mode():
+        same = torch.allclose(model_a(x), model_b(x), rtol=1e-4, atol=1e-4)
+        replays = {"a": capture_graph(model_a, x), "b": capture_graph(model_b, x)}
+        eager = {"a": [], "b": []}
+        graph = {"a": [], "b": []}
+        for _ in range(rounds):
+            for key, model in (("a", model_a), ("b", model_b)):
+                eager[key].append(time_pipelined(lambda: model(x), 2, 10, far, 10).ips(a.batch)[0])
+                graph[key].append(time_pipelined(replays[key], 2, 10, far, 10).ips(a.batch)[0])
+    ea, eb = statistics.median(eager["a"]), statistics.median(eager["b"])
+    ga, gb = statistics.median(graph["a"]), statistics.median(graph["b"])
+    ratios_e = sorted(b / a_ for a_, b in zip(eager["a"], eager["b"]))
+    ratios_g = sorted(b / a_ for a_, b in zip(graph["a"], graph["b"]))
+    report.layout_ab.append(
+        f"| {name} | {ea:,.0f} | {eb:,.0f} | {statistics.median(ratios_e):.2f} [{ratios_e[0]:.2f}–{ratios_e[-1]:.2f}] "
+        f"| {ga:,.0f} | {gb:,.0f} | {statistics.median(ratios_g):.2f} [{ratios_g[0]:.2f}–{ratios_g[-1]:.2f}] | {same} |")
+    log(f"layout A/B {name}: eager {ea:,.0f} vs {eb:,.0f}, graph {ga:,.0f} vs {gb:,.0f} img/s, outputs equal {same}")
+    if not same:
+        report.check(f"{name}: NCHW layout variant = fused network", None, None, 0, ok=False)
+    del model_a, model_b, replays, x
+    torch.cuda.empty_cache()
+
+
 def bench_preset(name: str, report: Report, get_preset, build, fuse, deadline: float) -> None:
     a = report.args
     row = report.rows.setdefault(name, {})
@@ -508,6 +577,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256, help="throughput batch size")
     parser.add_argument("--compile-mode", default="reduce-overhead", choices=["reduce-overhead", "max-autotune-no-cudagraphs", "default"])
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--no-layout-ab", action="store_true", help="skip the deploy-layout A/B (t2, b1, b2)")
     parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
                         help="TF32 while timing: torch's defaults (cuDNN convs on, matmul off), on, or off (strict fp32)")
     parser.add_argument("--reference", default=None, help="official_gpu_h100.tsv (default ../shared/reference/)")
@@ -585,6 +655,16 @@ def main() -> int:
         report.errors.append(f"scan timing:\n{traceback.format_exc()}")
         print(traceback.format_exc(), flush=True)
     report.write()
+
+    # 2b. the deploy layout on CUDA: the CPU-tuned fused layout against the NCHW / cuDNN one
+    if not args.no_layout_ab:
+        for name in [p for p in ("t2", "b1", "b2") if p in presets]:
+            try:
+                layout_ab(name, report, get_preset, build, fuse)
+            except Exception:  # noqa: BLE001
+                report.errors.append(f"layout A/B {name}:\n{traceback.format_exc()}")
+                print(traceback.format_exc(), flush=True)
+            report.write()
 
     # 3. eager and CUDA graph, every preset; keep a reserve for compile
     for i, name in enumerate(presets):
