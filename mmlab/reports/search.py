@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,7 +75,7 @@ def write_search_report(folder: Path, command: str | None = None) -> dict[str, P
     front.to_csv(paths["pareto.csv"], index=False)
     budgets = {"macs": config.get("budget_mflops"), "latency": config.get("budget_ms")}
     draw_pareto(frame, front, presets_frame(study), paths["pareto.png"],
-                signal=f"signal: {config.get('signal', 'signal')}\n({evidence(config.get('signal', ''))})",
+                signal=f"signal: {config.get('signal', 'signal')}\n" + textwrap.fill(f"({evidence(config.get('signal', ''))})", 42),
                 objectives=tuple(objectives),
                 budgets={k: v for k, v in budgets.items() if v is not None})
 
