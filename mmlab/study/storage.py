@@ -40,16 +40,32 @@ def _postgres_url(url: str) -> str:
     raise ValueError(f"storage: {url!r} needs a PostgreSQL driver; install it with pip install -e \".[postgres]\"")
 
 
-def _rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
-    """``RDBStorage(url)``, retried while another process is creating the same new schema: two
-    processes opening a fresh database at once race on Optuna's table creation (one of them
-    sees ``UNIQUE constraint failed: alembic_version`` or ``already exists``)."""
-    for attempt in range(6):
+_OPEN_RACES = ("alembic_version", "already exists", "database is locked")
+"""What two processes opening one database at once can see, and what is retried: the race on
+Optuna's schema creation (``UNIQUE constraint failed: alembic_version``, ``already exists``), and
+SQLite's ``database is locked``, which skips the busy timeout when a read transaction must become
+a write one (Optuna's version-info check), wrapped by Optuna as ``StorageInternalError``."""
+
+
+def _error_chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from, outermost first (Optuna wraps driver errors)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _rdb(url: str, attempts: int = 8, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried (``attempts`` times, backing off) while another process is
+    opening the same database (:data:`_OPEN_RACES`); any other error is raised at once."""
+    for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
-        except Exception as err:  # noqa: BLE001 - only the creation race is retried
-            text = str(err)
-            if attempt == 5 or not ("alembic_version" in text or "already exists" in text):
+        except Exception as err:  # noqa: BLE001 - only the races are retried
+            text = "\n".join(str(e) for e in _error_chain(err))
+            if attempt == attempts - 1 or not any(race in text for race in _OPEN_RACES):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -98,7 +114,12 @@ def open_storage(url: str, *, create: bool = True, heartbeat: tuple[int, int] | 
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
+    """The first line of ``err``, and of the error it wraps at the bottom (Optuna's messages hide the driver's)."""
+    root = _error_chain(err)[-1]
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    if root is err:
+        return first
+    return first + f" <- {type(root).__name__}: " + (str(root).strip().splitlines() or [""])[0][:200]
 
 
 def storage_path(url: str) -> Path | None:

@@ -158,3 +158,37 @@ def test_many_processes_opening_a_fresh_sqlite_file_at_once(tmp_path):
              for _ in range(6)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [e[-300:] for e in errors if e]
+
+
+def test_open_retries_a_locked_database_wrapped_by_optuna_and_nothing_else(monkeypatch):
+    """Seen in CI: a worker's open failed with Optuna's StorageInternalError ("An exception is raised
+    during the commit") around SQLite's 'database is locked' while the other worker wrote. That is
+    retried; an error that is not an open race is raised at once."""
+    import sqlalchemy.exc
+
+    import mmlab.study.storage as storage_module
+
+    calls = []
+
+    def locked_twice(url, **kwargs):
+        calls.append(url)
+        if len(calls) <= 2:
+            try:
+                raise sqlalchemy.exc.OperationalError("UPDATE version_info", {}, Exception("database is locked"))
+            except sqlalchemy.exc.OperationalError as err:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from err
+        return "storage"
+
+    monkeypatch.setattr(storage_module.time, "sleep", lambda s: None)
+    monkeypatch.setattr(storage_module.optuna.storages, "RDBStorage", locked_twice)
+    assert storage_module._rdb("sqlite:///x.db") == "storage" and len(calls) == 3
+
+    def broken(url, **kwargs):
+        calls.append(url)
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+
+    calls.clear()
+    monkeypatch.setattr(storage_module.optuna.storages, "RDBStorage", broken)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        storage_module._rdb("sqlite:///x.db")
+    assert len(calls) == 1
