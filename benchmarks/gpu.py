@@ -429,24 +429,10 @@ def nchw_variant(model: torch.nn.Module) -> torch.nn.Module:
     1x1 ``Conv2d`` and every conv weight NCHW-contiguous (same outputs; checked by the caller)."""
     import copy
 
-    from mmlab.model.layers import Pointwise
+    from mmlab.model.layers import Pointwise, swap_convs
 
     variant = copy.deepcopy(model)
-
-    def walk(module: torch.nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, Pointwise):
-                out_ch, in_ch = child.weight.shape
-                conv = torch.nn.Conv2d(in_ch, out_ch, 1, bias=child.bias is not None).to(child.weight.device)
-                with torch.no_grad():
-                    conv.weight.copy_(child.weight.reshape(out_ch, in_ch, 1, 1))
-                    if child.bias is not None:
-                        conv.bias.copy_(child.bias)
-                setattr(module, name, conv)
-            else:
-                walk(child)
-
-    walk(variant)
+    swap_convs(variant, Pointwise.to_conv, kind=Pointwise)
     for m in variant.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.weight.data = m.weight.data.contiguous()

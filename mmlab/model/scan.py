@@ -297,6 +297,7 @@ def selective_scan_chunked(
         y.addcmul_(u, D.to(u.dtype).reshape(groups, 1, 1, per_group))
     return y
 
+
 def selective_scan_chunked_plain(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -335,6 +336,7 @@ def selective_scan_chunked_plain(
     if D is not None:
         y = y + u * D.to(u.dtype).reshape(groups, 1, 1, per_group)
     return y
+
 
 # ---------------------------------------------------------------------------------------------
 # CUDA: a forward-only Triton kernel

@@ -109,7 +109,7 @@ def write_proxy_report(folder: Path) -> dict[str, Path]:
         rho = float(table.set_index("signal").loc[name, "spearman_rho"])
         draw_proxy_scatter(frame, f"signal_{name}", TARGET, rho, folder / f"scatter_{name}.png")
     train_s = [r["score_s"] for r in retest if r.get("score_s")]
-    processes = len({r.get('host_pid') for r in main + retest})  # runs that shared a machine took longer
+    processes = len({r.get("host_pid") for r in main + retest})  # runs that shared a machine took longer
     wall = sum(r.get("score_s", 0) + r.get("measure_s", 0) for r in main + retest)
     geometry = settings.get("geometry", "")
     lines = [

@@ -164,12 +164,13 @@ def proxy_check(
     mine = [item for i, item in enumerate(work) if i % count == index]
     cache = MeasurementCache()
     for i, (kind, seed, spec) in enumerate(mine):
-        done = {(r["kind"], r["spec_key"]) for r in read_rows(rows_path)}  # re-read: other shards append too
+        rows = read_rows(rows_path)  # re-read: other shards append too
+        done = {(r["kind"], r["spec_key"]) for r in rows}
         if progress is not None:
             progress(i, len(mine), f"{kind} {spec.key}")
         if (kind, spec.key) in done:
             continue
-        if deadline is not None and time.time() + expected_seconds(rows_path, kind, s.device) > deadline:
+        if deadline is not None and time.time() + expected_seconds(rows, kind, s.device) > deadline:
             if progress is not None:
                 progress(i, len(mine), "deadline: the rest is left for the resume")
             return folder
@@ -183,9 +184,9 @@ def proxy_check(
     return folder
 
 
-def expected_seconds(rows_path: Path, kind: str, device: str) -> float:
-    """Median seconds of the finished ``kind`` runs on ``device`` in ``rows_path`` (0 when there are none)."""
-    seconds = sorted(r["score_s"] + r.get("measure_s", 0.0) for r in read_rows(rows_path)
+def expected_seconds(rows: list[dict[str, Any]], kind: str, device: str) -> float:
+    """Median seconds of the finished ``kind`` runs on ``device`` among ``rows`` (0 when there are none)."""
+    seconds = sorted(r["score_s"] + r.get("measure_s", 0.0) for r in rows
                      if r.get("kind") == kind and r.get("signal_device") == device and r.get("score_s"))
     return statistics.median(seconds) if seconds else 0.0
 
