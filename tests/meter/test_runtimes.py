@@ -16,8 +16,9 @@ from mmlab.cli import app
 from mmlab.meter.cache import MeasurementCache
 from mmlab.meter.measure import _timing_key, measure
 from mmlab.meter.onnx import export_spec, run_session, session
-from mmlab.meter.runtimes import RUNTIMES, OutputMismatch, check_outputs, check_runtime, relative_error
+from mmlab.meter.runtimes import RUNTIMES, OutputMismatch, check_outputs, check_runtime, compile_model, relative_error
 from mmlab.model import build, fuse
+from mmlab.model.layers import Pointwise
 from mmlab.model.ssm import SS2D
 from mmlab.spec.presets import get_preset
 from mmlab.study.grid import GridSettings
@@ -76,6 +77,25 @@ def test_runtime_matches_eager_and_the_reference_scan(name, spec):
     assert relative_error(out, eager) <= RUNTIMES[name].tolerance
     assert relative_error(out, oracle) <= RUNTIMES[name].tolerance
     torch.testing.assert_close(again, out)
+
+
+@pytest.mark.skipif(not torch._C.has_mkl, reason="inductor packs float32 GEMM weights only with MKL")
+def test_compile_on_cpu_freezes_and_packs_the_weights():
+    """The CPU compile runtime freezes the weights (constants in its graph), so inductor packs every
+    1x1 conv's GEMM weight once: zeroing the compiled module's ``Pointwise`` weights afterwards leaves
+    its output unchanged. (Fails where ``freezing`` is passed as ``torch.compile(options=...)``:
+    torch 2.14 then keeps the weights as graph inputs, and the zeroed network answers differently.)"""
+    model = deploy_model(TINY)
+    x = torch.randn(1, TINY.in_chans, TINY.resolution, TINY.resolution)
+    with torch.inference_mode():
+        compiled = compile_model(model, x)
+        before = compiled(x)
+        pointwise = [m for m in compiled.modules() if isinstance(m, Pointwise)]
+        for layer in pointwise:
+            layer.weight.zero_()
+        after = compiled(x)
+    assert pointwise and before.abs().max() > 0
+    torch.testing.assert_close(after, before)
 
 
 @pytest.mark.parametrize("side", [1, 2, 3, 5])
