@@ -89,9 +89,10 @@ def compile_model(model: "torch.nn.Module", example: "torch.Tensor") -> "torch.n
     scan as out-of-place ops, which inductor turns into one loop per pass, vectorised over
     channels) with every depthwise conv as a :class:`~mmlab.model.layers.TapConv` (a sum of shifted
     maps that inductor fuses with its neighbours instead of a oneDNN call per conv). t2 at 2
-    threads, interleaved: the chunk-layout scan 0.80x the earlier plain scan, the tap sums 0.82x
-    the convs. ``cpp_wrapper``: the generated code calls its kernels from C++ instead of Python
-    (t2 0.93x, b1 0.94x, for a longer compile).
+    threads, interleaved, measured while the weights were not yet truly frozen (below): the
+    chunk-layout scan 0.80x the earlier plain scan, the tap sums 0.82x the convs.
+    ``cpp_wrapper``: the generated code calls its kernels from C++ instead of Python (t2 0.93x,
+    b1 0.94x, for a longer compile; same caveat).
 
     Inductor's settings are set around the first calls, not passed as ``torch.compile(options=...)``:
     dynamo reads ``freezing`` while it traces (the first call), outside the options' scope, and
