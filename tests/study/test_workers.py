@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import optuna
 import pytest
+import sqlalchemy.exc
 
 from mmlab.study.search import SearchConfig
 from mmlab.study.storage import open_storage
@@ -60,19 +61,45 @@ def wait_for_running(cfg, proc, timeout=120):
     raise AssertionError("no trial started")
 
 
-def stop_a_worker_mid_trial(cfg, proc, timeout=120):
+def quick_reader(cfg):
+    """``cfg``'s SQLite storage with a 1 s busy timeout instead of the workers' 60 s.
+
+    A worker stopped inside a write holds the file's lock until it is continued: a reader with the
+    workers' timeout would wait out a minute each time that happens.
+    """
+    return optuna.storages.RDBStorage(cfg.storage_url, engine_kwargs={"connect_args": {"timeout": 1}})
+
+
+def stop_a_worker_mid_trial(cfg, proc, timeout=300):
     """SIGSTOP a worker while it holds a RUNNING trial; return its pid and that trial.
 
     Stopping before looking makes the trial it holds at its death certain: a trial read as RUNNING
     may finish before a signal lands, and a worker may be killed between two trials.
     """
+    wait_for_running(cfg, proc)
+    storage = quick_reader(cfg)  # opened while no worker is stopped
+
+    locked = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
+
+    def running():  # stamped RUNNING trials; raises ``locked`` while a stopped worker holds the file
+        trials = optuna.load_study(study_name=cfg.study, storage=storage).get_trials(deepcopy=False)
+        return [t for t in trials if t.state.name == "RUNNING" and t.number >= 1 and "worker_pid" in t.user_attrs]
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = wait_for_running(cfg, proc).user_attrs["worker_pid"]
+        assert proc.poll() is None, proc.communicate()
+        try:
+            candidates = running()
+        except locked:
+            candidates = []
+        if not candidates:
+            time.sleep(0.05)
+            continue
+        pid = candidates[0].user_attrs["worker_pid"]
         os.kill(pid, signal.SIGSTOP)
         try:
-            held = [t for t in trials_of(cfg) if t.state.name == "RUNNING" and t.user_attrs.get("worker_pid") == pid]
-        except optuna.exceptions.StorageInternalError:  # stopped inside a write: let it finish and look again
+            held = [t for t in running() if t.user_attrs["worker_pid"] == pid]
+        except locked:  # stopped inside a write: let it finish and look again
             held = []
         if held:
             return pid, held[0]
