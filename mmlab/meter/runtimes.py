@@ -82,8 +82,7 @@ def compile_model(model: "torch.nn.Module", example: "torch.Tensor") -> "torch.n
     """``torch.compile`` for inference: one graph (``fullgraph``), static shapes, compiled here
     (the first calls, on ``example``). Returns the compiled module.
 
-    CPU: the default mode (inductor's C++/OpenMP code; ``max-autotune`` tunes GEMM templates
-    for minutes on a small CPU for little gain at batch 1) with ``freezing``: the weights become
+    CPU: the default mode (inductor's C++/OpenMP code) with ``freezing``: the weights become
     constants, so inductor folds them and packs the conv and GEMM weights for oneDNN / MKL once
     instead of on every call. The compiled network is :func:`traceable`'s copy (the chunk-layout
     scan as out-of-place ops, which inductor turns into one loop per pass, vectorised over
@@ -99,6 +98,11 @@ def compile_model(model: "torch.nn.Module", example: "torch.Tensor") -> "torch.n
     with ``options={"freezing": True}`` the weights stayed graph inputs (torch 2.14: no constant
     folding, no packed weights). Truly frozen, t2 is 0.90x and b4 0.93x the time of that
     (interleaved, 2 threads).
+
+    Tried on the frozen graph and left out (t2, 2 threads, interleaved with this form):
+    ``max_autotune`` with the C++ GEMM templates picks them for the small-M products but is no
+    faster (0.449 vs 0.445 of eager) and compiles 3x longer (261 s vs 87 s); ``memory_planning``
+    0.457 vs 0.453; a channels-last :class:`~mmlab.model.layers.TapConv` 1.00x (b2 1.02x).
 
     CUDA: ``reduce-overhead``, inductor's kernels replayed as a CUDA graph, the inference mode
     for small batches where launches dominate, with the Triton scan (an opaque op to the
