@@ -100,7 +100,7 @@ from torch import nn
 
 import mmlab.model  # noqa: F401  (before the authors' code: mmlab's scan reads TRITON_INTERPRET at import)
 from mmlab.meter.env import environment
-from mmlab.meter.latency import Interleaved, time_interleaved
+from mmlab.meter.latency import PROBE_READING, PROBE_WORK, Interleaved, host_probe, time_interleaved
 from mmlab.meter.runtimes import RUNTIMES
 from mmlab.model import build, fuse, to_official_state_dict
 from mmlab.model.checkpoint import official_key_map
@@ -408,6 +408,7 @@ def main() -> int:
 
     cuda_scans = [n for n in ("WITH_SELECTIVESCAN_OFLEX", "WITH_SELECTIVESCAN_CORE", "WITH_SELECTIVESCAN_MAMBA") if getattr(csms6s, n, False)]
     load_before = os.getloadavg()[0]
+    probe_before = host_probe(args.threads).median_ms
     print(f"mmlab vs the authors' MobileMamba ({args.official}), batch 1, float32, CPU, {args.threads} threads, "
           f"torch {torch.__version__}, {args.rounds} interleaved rounds per preset", flush=True)
     print(f"- scan: mmlab's side runs its own scan, as mmlab.meter times it; {SCAN_NOTE[args.official_scan]}", flush=True)
@@ -426,8 +427,13 @@ def main() -> int:
               f"{row['randomized_tensors']} constant tensors randomised; {args.runtime} prepared in {row['prepare_s']:.0f} s, "
               f"timed in {row['compare_s']:.0f} s", flush=True)
     load_after = os.getloadavg()[0]
+    probe_after = host_probe(args.threads).median_ms
     print(f"- load average (1 min) {load_before:.2f} before, {load_after:.2f} after "
           f"({os.cpu_count()} cores: well above {args.threads} means the machine was busy)", flush=True)
+    print(f"- host probe ({PROBE_WORK}, {args.threads} threads, median): {probe_before:.2f} ms before, "
+          f"{probe_after:.2f} ms after; {PROBE_READING}", flush=True)
+    for row in rows:
+        row.update(env_probe_before_ms=round(probe_before, 3), env_probe_after_ms=round(probe_after, 3))
 
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

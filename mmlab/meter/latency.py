@@ -240,6 +240,31 @@ def time_interleaved(
     return Interleaved(tuple(map(tuple, samples)), block_runs, ratios, time.perf_counter() - started)
 
 
+PROBE_WORK = "20 products of two 256 x 256 float32 matrices"
+PROBE_READING = ("a rise, or a value above this machine's quiet one, means that other work (a neighbour on "
+                 "the host included) shared the cores")
+
+
+def host_probe(threads: int, *, runs: int = 300) -> Timing:
+    """Wall time of one fixed CPU workload (:data:`PROBE_WORK`) at ``threads`` threads.
+
+    The arithmetic is the same on every call. On one machine, a higher median than usual means
+    that something else held the cores: another process, or a neighbour on a shared host, which
+    the load average does not show. Benchmarks take one probe before a run and one after; a rise
+    between them, or a median well above the machine's quiet value, marks the run as noisy.
+    Compare probes from one machine only. Takes about ``runs`` x 2-3 ms on 2 cores.
+    """
+    with cpu_threads(threads):
+        a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+        samples = []
+        for _ in range(runs + 10):  # the first 10: warm-up, dropped
+            start = time.perf_counter()
+            for _ in range(20):
+                torch.mm(a, a)
+            samples.append((time.perf_counter() - start) * 1e3)
+    return Timing.of(samples[10:])
+
+
 @contextmanager
 def cpu_threads(threads: int) -> Iterator[None]:
     """Run the body with ``threads`` intra-op threads, then restore the previous count."""

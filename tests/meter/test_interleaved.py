@@ -1,12 +1,15 @@
-"""The interleaved timer: rounds, ratios, bootstrap intervals, and what it can tell apart."""
+"""The interleaved timer: rounds, ratios, bootstrap intervals, and what it can tell apart; the host probe."""
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from mmlab.meter.latency import Ratio, cpu_threads, ratio_interval, time_interleaved
+from mmlab.meter.latency import Ratio, cpu_threads, host_probe, ratio_interval, time_interleaved
 from mmlab.model import build, fuse
 from mmlab.spec.presets import get_preset
 
@@ -103,3 +106,21 @@ def test_identical_networks_and_a_doubled_depth():
     assert same.low <= 1.0 <= same.high and not same.measurable, same
     assert doubled.measurable and doubled.low > 1.2, doubled
     assert isinstance(doubled, Ratio) and doubled.pct[0] == pytest.approx(100 * (doubled.ratio - 1))
+
+
+def test_host_probe_sees_other_work_on_the_cores():
+    before = torch.get_num_threads()
+    quiet = host_probe(1, runs=40)
+    assert quiet.runs == 40 and 0 < quiet.p10_ms <= quiet.median_ms <= quiet.p90_ms
+    assert torch.get_num_threads() == before
+    # one busy process more than there are cores: the probe's thread gets less than a core
+    spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range((os.cpu_count() or 1) + 1)]
+    try:
+        time.sleep(0.5)
+        loaded = host_probe(1, runs=40)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert loaded.median_ms > 1.2 * quiet.median_ms, (quiet, loaded)
