@@ -100,7 +100,7 @@ from torch import nn
 
 import mmlab.model  # noqa: F401  (before the authors' code: mmlab's scan reads TRITON_INTERPRET at import)
 from mmlab.meter.env import environment
-from mmlab.meter.latency import PROBE_READING, PROBE_WORK, Interleaved, host_probe, time_interleaved
+from mmlab.meter.latency import Interleaved, host_probe, probe_note, time_interleaved
 from mmlab.meter.runtimes import RUNTIMES
 from mmlab.model import build, fuse, to_official_state_dict
 from mmlab.model.checkpoint import official_key_map
@@ -430,8 +430,7 @@ def main() -> int:
     probe_after = host_probe(args.threads).median_ms
     print(f"- load average (1 min) {load_before:.2f} before, {load_after:.2f} after "
           f"({os.cpu_count()} cores: well above {args.threads} means the machine was busy)", flush=True)
-    print(f"- host probe ({PROBE_WORK}, {args.threads} threads, median): {probe_before:.2f} ms before, "
-          f"{probe_after:.2f} ms after; {PROBE_READING}", flush=True)
+    print(f"- {probe_note(probe_before, probe_after, args.threads)}", flush=True)
     for row in rows:
         row.update(env_probe_before_ms=round(probe_before, 3), env_probe_after_ms=round(probe_after, 3))
 

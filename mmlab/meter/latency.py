@@ -3,6 +3,7 @@ interleaved comparison of several networks in one run (:func:`time_interleaved`)
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -240,29 +241,35 @@ def time_interleaved(
     return Interleaved(tuple(map(tuple, samples)), block_runs, ratios, time.perf_counter() - started)
 
 
-PROBE_WORK = "20 products of two 256 x 256 float32 matrices"
-PROBE_READING = ("a rise, or a value above this machine's quiet one, means that other work (a neighbour on "
-                 "the host included) shared the cores")
+_PROBE_WORK = "20 products of two 256 x 256 float32 matrices"
 
 
 def host_probe(threads: int, *, runs: int = 300) -> Timing:
-    """Wall time of one fixed CPU workload (:data:`PROBE_WORK`) at ``threads`` threads.
+    """Wall time of one fixed CPU workload (20 products of two 256 x 256 float32 matrices) at
+    ``threads`` threads, over exactly ``runs`` calls (:func:`time_cpu`, never stopping early, so
+    that two probes are comparable).
 
     The arithmetic is the same on every call. On one machine, a higher median than usual means
     that something else held the cores: another process, or a neighbour on a shared host, which
-    the load average does not show. Benchmarks take one probe before a run and one after; a rise
-    between them, or a median well above the machine's quiet value, marks the run as noisy.
-    Compare probes from one machine only. Takes about ``runs`` x 2-3 ms on 2 cores.
+    the load average does not show. Benchmarks take one probe before a run and one after
+    (:func:`probe_note`). Compare probes from one machine only. About ``runs`` x 2-3 ms on 2 cores.
     """
+    a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+
+    def work() -> None:
+        for _ in range(20):
+            torch.mm(a, a)
+
     with cpu_threads(threads):
-        a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
-        samples = []
-        for _ in range(runs + 10):  # the first 10: warm-up, dropped
-            start = time.perf_counter()
-            for _ in range(20):
-                torch.mm(a, a)
-            samples.append((time.perf_counter() - start) * 1e3)
-    return Timing.of(samples[10:])
+        return time_cpu(work, warmup_s=0.05, round_runs=runs, max_runs=runs, max_time_s=math.inf)
+
+
+def probe_note(before_ms: float, after_ms: float, threads: int) -> str:
+    """One sentence for a benchmark's output: the :func:`host_probe` medians before and after a run,
+    and how to read them."""
+    return (f"host probe ({_PROBE_WORK}, {threads} threads, median): {before_ms:.2f} ms before the run, "
+            f"{after_ms:.2f} ms after; a rise, or a value above this machine's quiet one, means that other work "
+            "(a neighbour on the host included) shared the cores")
 
 
 @contextmanager
