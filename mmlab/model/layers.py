@@ -276,30 +276,42 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)  # -> (B, C, H, W)
 
 
-def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Deploy form: fold every BatchNorm into its neighbouring conv / linear.
+def fuse(model: nn.Module, inplace: bool = False, device: str = "cpu") -> nn.Module:
+    """Deploy form: fold every BatchNorm into its neighbouring conv / linear, laid out for ``device``.
 
-    Every dense 1x1 conv then becomes a :class:`Pointwise` matrix product and every other conv
-    gets channels-last weights, so activations stay channels-last from the stem on.
+    ``cpu``: every dense 1x1 conv becomes a :class:`Pointwise` matrix product and every other conv
+    gets channels-last weights, so activations stay channels-last from the stem on (oneDNN's fast
+    kernels). ``cuda``: the convs stay NCHW ``Conv2d`` for cuDNN. There a 1x1 conv runs in TF32
+    under PyTorch's default settings, as it does in the authors' network, while a ``Pointwise``
+    GEMM (cuBLAS, matmul TF32 off by default) runs in full fp32: on an H100 at batch 256 the CPU
+    layout gave 0.74-0.86x the throughput (results/gpu_h100_layouts.md). Modules with a
+    ``deploy_for(device)`` method pick their path too (the wavelet level, :class:`FusedGlobalBranch`).
 
     Args:
         model: any module; sub-modules with a ``fuse()`` method are replaced by its result.
         inplace: modify ``model`` itself instead of a deep copy.
+        device: ``cpu`` or ``cuda``, the device type the layout is for (the model is not moved).
 
     Returns:
         The fused model, in eval mode. Outputs match the unfused model in eval mode.
     """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: {device!r} is not allowed; allowed: cpu, cuda")
     model = model if inplace else copy.deepcopy(model)
     for name, child in model.named_children():
         setattr(model, name, fuse_module(child))
-    with torch.no_grad():
-        swap_convs(model, Pointwise.from_conv)
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                # Channels-last weights make CPU convs take oneDNN's channels-last kernels (and give
-                # channels-last outputs, so the next layer needs no reorder): depthwise convs ~40%
-                # faster at these map sizes.
-                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    for m in model.modules():
+        if hasattr(m, "deploy_for"):  # a fused module with a per-device choice of path
+            m.deploy_for(device)
+    if device == "cpu":
+        with torch.no_grad():
+            swap_convs(model, Pointwise.from_conv)
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d):
+                    # Channels-last weights make CPU convs take oneDNN's channels-last kernels (and
+                    # give channels-last outputs, so the next layer needs no reorder): depthwise
+                    # convs ~40% faster at these map sizes.
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return model.eval()
 
 

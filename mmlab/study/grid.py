@@ -161,7 +161,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _forward(spec: Any, device: str, runtime: str = "eager") -> Callable[[], Any]:
-    model = fuse(build(spec)).to(device)
+    model = fuse(build(spec), device=device).to(device)
     x = torch.randn(1, spec.in_chans, spec.resolution, spec.resolution, device=device)
     return RUNTIMES[runtime].prepare(model, x)
 

@@ -168,6 +168,35 @@ def test_fuse_matches_unfused(name):
     assert any(isinstance(m, ConvBN) for m in model.modules())
 
 
+@pytest.mark.parametrize("name", ["tiny", "t2", "cross_n4_levels2"])
+def test_fuse_for_cuda_keeps_nchw_convs(name):
+    """The CUDA deploy form (run here on CPU, the layout is what is checked): 1x1 convs stay
+    ``Conv2d`` with NCHW weights, no ``Pointwise``, and the same outputs as the CPU form."""
+    spec = FUSE_SPECS[name]
+    model = mmlab.build(spec)
+    _randomise_all(model)
+    model.eval()
+    fused = mmlab.fuse(model, device="cuda")
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, ConvBN, Pointwise)) for m in fused.modules())
+    convs = [m for m in fused.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m for m in convs if m.kernel_size == (1, 1) and m.groups == 1]
+    assert all(m.weight.is_contiguous() for m in convs)
+    x = torch.randn(2, 3, spec.resolution, spec.resolution)
+    with torch.inference_mode():
+        ref, out, cpu_form = model(x), fused(x), mmlab.fuse(model)(x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    assert ((out - cpu_form).abs().max() / ref.abs().max()).item() < 1e-5
+    # The one-level Haar path runs level by level on CUDA, folded on CPU.
+    impls = {m.wavelet_impl for m in fused.modules() if isinstance(m, FusedGlobalBranch) and m.folded_level}
+    assert impls == ({"levels"} if spec.stages[0].wavelet_levels == 1 and spec.wavelet == "db1" else set())
+    assert {m.wavelet_impl for m in mmlab.fuse(model).modules() if isinstance(m, FusedGlobalBranch) and m.folded_level} <= {"folded"}
+
+
+def test_fuse_refuses_an_unknown_device():
+    with pytest.raises(ValueError, match="device: 'mps' is not allowed; allowed: cpu, cuda"):
+        mmlab.fuse(mmlab.build(TINY), device="mps")
+
+
 def test_pointwise_equals_the_1x1_conv_it_replaces():
     torch.manual_seed(4)
     conv = torch.nn.Conv2d(12, 20, 1)
@@ -304,6 +333,11 @@ def test_fused_global_branch(levels, wavelet, folded):
     with torch.inference_mode():
         ref = branch(x)
         assert ((fused(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+        if folded:  # the level path, kept for devices where the grouped conv is slow, agrees
+            fused.wavelet_impl = "levels"
+            assert ((fused(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+            # and its tensors are not in the state dict: the folded conv stands for them
+            assert not {"wt_filter", "iwt_filter", "band_weight"} & set(fused.state_dict())
 
 
 def _read_layout() -> list[tuple[str, tuple[int, ...]]]:
