@@ -1,14 +1,17 @@
-"""Every GPU check and benchmark in one run (well under 5 minutes on one H100 / H200).
+"""Every GPU check and benchmark in one run (about 5 minutes on one H100 / H200).
 
 1. Checks: the Triton selective scan against ``selective_scan_ref`` on random inputs of several
-   shapes (fails above 1e-4 relative), and the fused T2 model on CUDA against the same model on
-   CPU in fp32 (TF32 off for the checks).
+   shapes (fails above 1e-4 relative), and the fused T2 model laid out for CUDA, on CUDA, against
+   the same network laid out for the CPU, on CPU, in fp32 (TF32 off for the checks).
 2. Scan kernel timing: Triton vs the chunked autograd-path scan on CUDA, at model shapes.
-3. Per preset (t2 t4 s6 b1 b2 b4), fp32, ``fuse(build(spec).eval())``, random input at the
-   preset's resolution, under ``torch.inference_mode``: batch-256 throughput and batch-1 latency,
-   eager and as a CUDA graph (CUDA-event timing, warm-up, median of >= 30 runs, p10 / p90).
-4. ``torch.compile`` per preset while the time budget allows, in a child process with a timeout
-   (compile time reported on its own, never inside a latency).
+3. The deploy layouts (``fuse(device=...)``, :data:`LAYOUTS`) interleaved at the throughput batch
+   (``--layout-presets``), and a ``torch.profiler`` table of where the GPU time goes
+   (``--profile-presets``).
+4. Per preset (t2 t4 s6 b1 b2 b4), fp32, ``fuse(build(spec).eval(), device="cuda")``, random input
+   at the preset's resolution, under ``torch.inference_mode``: batch-256 throughput and batch-1
+   latency, eager and as a CUDA graph (CUDA-event timing, warm-up, median of >= 30 runs, p10 / p90).
+5. ``torch.compile`` per preset (``--compile-presets``) while the time budget allows, in a child
+   process with a timeout (compile time reported on its own, never inside a latency).
 
 Results are compared with the authors' H100 figures (../shared/reference/official_gpu_h100.tsv)
 and written to ``results/gpu.md`` after every step, so a partial run is still a report. Exits 0
@@ -20,6 +23,7 @@ with "no CUDA: skipped" on a machine without CUDA, 1 if a correctness check fail
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import math
@@ -203,6 +207,8 @@ class Report:
         self.checks: list[tuple[str, float | None, float | None, float, str]] = []
         self.scan_timing: list[str] = []
         self.layout_ab: list[str] = []
+        self.profiles: list[str] = []
+        self.wavelet_ab: list[str] = []
         self.rows: dict[str, dict] = {}
         self.errors: list[str] = []
         self.status = "running"
@@ -254,12 +260,12 @@ class Report:
             lines += ["", "## Selective scan alone (forward, inference mode)", "",
                       "| shape (batch, K·Di, L) | Triton ms | chunked ms | speed-up |", "|---|---|---|---|", *self.scan_timing]
         if self.layout_ab:
-            lines += ["", f"## Deploy layout on CUDA, A/B in one process (batch {a.batch}, img/s, median of rounds)", "",
-                      "`fuse()` lays weights out for the CPU (channels-last conv weights, 1x1 convs as `Pointwise` "
-                      "GEMMs on a channels-last view). B is the same network with NCHW weights and 1x1 convs as "
-                      "`Conv2d` (cuDNN), the layout of the first GPU run. Rounds alternate A and B.", "",
-                      "| preset | A eager | B eager | B ÷ A eager | A graph | B graph | B ÷ A graph | B = A |",
-                      "|---|---|---|---|---|---|---|---|", *self.layout_ab]
+            lines += ["", f"## Deploy layout on CUDA, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)", "",
+                      *[f"- `{k}`: {v}" for k, v in LAYOUTS.items()],
+                      "", "Ratios are per round against `cuda` (> 1: faster than `cuda`), median [min–max].", "",
+                      "| preset | cpu eager | cuda eager | cuda-cl eager | cpu graph | cuda graph | cuda-cl graph "
+                      "| cpu ÷ cuda eager | cpu ÷ cuda graph | cuda-cl ÷ cuda eager | cuda-cl ÷ cuda graph | outputs equal |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|", *self.layout_ab]
         lines += ["", f"## Throughput, batch {a.batch} (img/s, median; p10–p90 in brackets)", "",
                   "| preset | img | eager | CUDA graph | compiled | authors eager (mean of 2) | authors graph | eager / authors eager | graph / authors graph | goal ≥ 2× authors eager and ≥ authors graph |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -288,8 +294,17 @@ class Report:
                   "|---|---|---|---|---|---|---|---|"]
         for name, row in self.rows.items():
             lines.append(
-                f"| {name} | {row.get('graph_ok', '–')} | {fmt(row.get('peak_gib'), 1)} | {a.compile_mode} | {fmt(row.get('b1_compile_s'), 1)} "
+                f"| {name} | {row.get('graph_ok', '–')} | {fmt(row.get('peak_gib'), 1)} | {a.compile_mode}{' (inductor layout_optimization off)' if a.inductor_layout_opt == 'off' else ''} | {fmt(row.get('b1_compile_s'), 1)} "
                 f"| {fmt(row.get('b256_compile_s'), 1)} | {row.get('compiled_ok', '–')} | {row.get('compile_status', 'not run')} |")
+        if self.wavelet_ab:
+            lines += ["", f"## Wavelet path on CUDA, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)", "",
+                      "`folded`: the one-level Haar path as one grouped k×k conv (4 → 4 channels per group) between a "
+                      "pixel unshuffle and shuffle (the CPU default); `levels`: analysis conv, depthwise sub-band conv, "
+                      "synthesis conv (the CUDA default since this A/B). Ratios per round, levels ÷ folded (> 1: `levels` faster), median [min–max].", "",
+                      "| preset | blocks switched | folded eager | levels eager | ratio eager | folded graph | levels graph "
+                      "| ratio graph | outputs equal |", "|---|---|---|---|---|---|---|---|---|", *self.wavelet_ab]
+        if self.profiles:
+            lines += ["", "## Where the GPU time goes (torch.profiler, eager, `cuda` layout)", "", *self.profiles]
         if self.errors:
             lines += ["", "## Errors", ""] + [f"```\n{e.strip()}\n```" for e in self.errors]
         return "\n".join(lines) + "\n"
@@ -368,11 +383,11 @@ def check_model(report: Report, get_preset, build, fuse) -> None:
     torch.manual_seed(0)
     net = build(spec).eval()
     randomize_bn(net)
-    model = fuse(net).eval()
+    model = fuse(net, device="cpu").eval()
     x = torch.randn(2, spec.in_chans, spec.resolution, spec.resolution, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         y_cpu = model(x)
-    model = model.cuda()
+    model = fuse(net, device="cuda").eval().cuda()  # the CUDA layout against the CPU one
     calls = []
     real = ssm.selective_scan_triton
     ssm.selective_scan_triton = lambda *a, **k: calls.append(1) or real(*a, **k)
@@ -381,7 +396,7 @@ def check_model(report: Report, get_preset, build, fuse) -> None:
             y_gpu = model(x.cuda())
     finally:
         ssm.selective_scan_triton = real
-    report.check("t2 fused: CUDA (Triton scan) vs CPU fp32", *rel_err(y_gpu, y_cpu), MODEL_TOL)
+    report.check("t2 fused for CUDA (Triton scan) vs fused for CPU, fp32", *rel_err(y_gpu, y_cpu), MODEL_TOL)
     report.check(f"t2 fused on CUDA took the Triton path ({len(calls)} scans)", None, None, 0, ok=bool(calls))
     for m in model.modules():
         if isinstance(m, ssm.SS2D):
@@ -424,50 +439,131 @@ def time_batch(name, model, spec, batch, label, row, deadline, counts, min_runs)
     del replay, x
 
 
-def nchw_variant(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a fused network in the pre-CPU-tuning deploy layout: every ``Pointwise`` back to a
-    1x1 ``Conv2d`` and every conv weight NCHW-contiguous (same outputs; checked by the caller)."""
-    import copy
+LAYOUTS = {
+    "cpu": "`fuse(device='cpu')`: 1x1 convs as `Pointwise` GEMMs (cuBLAS, fp32) on a channels-last view, channels-last conv weights",
+    "cuda": "`fuse(device='cuda')`, what mmlab times on CUDA: NCHW `Conv2d` throughout (cuDNN, TF32 convs by default), "
+            "wavelet level path",
+    "cuda-cl": "the `cuda` form with channels-last conv weights (cuDNN's NHWC kernels)",
+}
 
-    from mmlab.model.layers import Pointwise, swap_convs
 
-    variant = copy.deepcopy(model)
-    swap_convs(variant, Pointwise.to_conv, kind=Pointwise)
-    for m in variant.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            m.weight.data = m.weight.data.contiguous()
-    return variant.eval()
+def layout_variant(name: str, net: torch.nn.Module, fuse) -> torch.nn.Module:
+    """The fused network of ``net`` in one of :data:`LAYOUTS` (same outputs; checked by the caller)."""
+    if name == "cpu":
+        return fuse(net, device="cpu")
+    model = fuse(net, device="cuda")
+    if name == "cuda-cl":
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def interleaved(models: dict, x: torch.Tensor, base: str, rounds: int = 3) -> tuple[dict, dict, bool]:
+    """img/s per round of each model, eager and as a CUDA graph, rounds alternating the models;
+    and whether every output equals ``models[base]``'s (1e-3)."""
+    far = time.monotonic() + 90
+    batch = x.shape[0]
+    with torch.inference_mode():
+        ref = models[base](x)
+        same = all(torch.allclose(m(x), ref, rtol=1e-3, atol=1e-3) for m in models.values())
+        replays = {key: capture_graph(m, x) for key, m in models.items()}
+        eager = {key: [] for key in models}
+        graph = {key: [] for key in models}
+        for _ in range(rounds):
+            for key, model in models.items():
+                eager[key].append(time_pipelined(lambda: model(x), 2, 10, far, 10).ips(batch)[0])
+                graph[key].append(time_pipelined(replays[key], 2, 10, far, 10).ips(batch)[0])
+    del replays, ref
+    return eager, graph, same
+
+
+def ratio_cell(times: dict, key: str, base: str) -> str:
+    r = sorted(v / b for v, b in zip(times[key], times[base]))
+    return f"{statistics.median(r):.2f} [{r[0]:.2f}–{r[-1]:.2f}]"
 
 
 def layout_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 3) -> None:
-    """Interleaved A/B of the fused network (A) against :func:`nchw_variant` (B) at the throughput batch."""
+    """Interleaved A/B/C of the deploy layouts (:data:`LAYOUTS`) at the throughput batch, eager and graph."""
     a = report.args
     spec = get_preset(name)
     torch.manual_seed(0)
-    model_a = fuse(build(spec).eval()).eval().cuda()
-    model_b = nchw_variant(model_a)
+    net = build(spec).eval()
+    models = {key: layout_variant(key, net, fuse).eval().cuda() for key in LAYOUTS}
     x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
-    far = time.monotonic() + 120
-    with torch.inference_mode():
-        same = torch.allclose(model_a(x), model_b(x), rtol=1e-4, atol=1e-4)
-        replays = {"a": capture_graph(model_a, x), "b": capture_graph(model_b, x)}
-        eager = {"a": [], "b": []}
-        graph = {"a": [], "b": []}
-        for _ in range(rounds):
-            for key, model in (("a", model_a), ("b", model_b)):
-                eager[key].append(time_pipelined(lambda: model(x), 2, 10, far, 10).ips(a.batch)[0])
-                graph[key].append(time_pipelined(replays[key], 2, 10, far, 10).ips(a.batch)[0])
-    ea, eb = statistics.median(eager["a"]), statistics.median(eager["b"])
-    ga, gb = statistics.median(graph["a"]), statistics.median(graph["b"])
-    ratios_e = sorted(b / a_ for a_, b in zip(eager["a"], eager["b"]))
-    ratios_g = sorted(b / a_ for a_, b in zip(graph["a"], graph["b"]))
-    report.layout_ab.append(
-        f"| {name} | {ea:,.0f} | {eb:,.0f} | {statistics.median(ratios_e):.2f} [{ratios_e[0]:.2f}–{ratios_e[-1]:.2f}] "
-        f"| {ga:,.0f} | {gb:,.0f} | {statistics.median(ratios_g):.2f} [{ratios_g[0]:.2f}–{ratios_g[-1]:.2f}] | {same} |")
-    log(f"layout A/B {name}: eager {ea:,.0f} vs {eb:,.0f}, graph {ga:,.0f} vs {gb:,.0f} img/s, outputs equal {same}")
+    eager, graph, same = interleaved(models, x, "cuda", rounds)
+    cells = []
+    for key in LAYOUTS:
+        cells.append(f"{statistics.median(eager[key]):,.0f}")
+    for key in LAYOUTS:
+        cells.append(f"{statistics.median(graph[key]):,.0f}")
+    ratios = [ratio_cell(times, key, "cuda") for key in ("cpu", "cuda-cl") for times in (eager, graph)]
+    report.layout_ab.append(f"| {name} | " + " | ".join(cells + ratios) + f" | {same} |")
+    log(f"layout A/B {name}: eager " + ", ".join(f"{k} {statistics.median(v):,.0f}" for k, v in eager.items())
+        + "; graph " + ", ".join(f"{k} {statistics.median(v):,.0f}" for k, v in graph.items()) + f" img/s; outputs equal {same}")
     if not same:
-        report.check(f"{name}: NCHW layout variant = fused network", None, None, 0, ok=False)
-    del model_a, model_b, replays, x
+        report.check(f"{name}: the deploy layouts give the same outputs", None, None, 0, ok=False)
+    del models, x
+    torch.cuda.empty_cache()
+
+
+def wavelet_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 3) -> None:
+    """The CUDA deploy form with the Haar level folded into one grouped conv (``folded``, the CPU
+    default) against the level-by-level path (``levels``, the CUDA default), interleaved at the
+    throughput batch."""
+    from mmlab.model.blocks import FusedGlobalBranch
+
+    a = report.args
+    spec = get_preset(name)
+    torch.manual_seed(0)
+    levels = fuse(build(spec).eval(), device="cuda").eval().cuda()
+    folded = copy.deepcopy(levels)
+    switched = 0
+    for m in folded.modules():
+        if isinstance(m, FusedGlobalBranch) and m.folded_level:
+            m.wavelet_impl = "folded"
+            switched += 1
+    x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
+    eager, graph, same = interleaved({"folded": folded, "levels": levels}, x, "folded", rounds)
+    med = {k: (statistics.median(eager[k]), statistics.median(graph[k])) for k in eager}
+    report.wavelet_ab.append(
+        f"| {name} | {switched} | {med['folded'][0]:,.0f} | {med['levels'][0]:,.0f} | {ratio_cell(eager, 'levels', 'folded')} "
+        f"| {med['folded'][1]:,.0f} | {med['levels'][1]:,.0f} | {ratio_cell(graph, 'levels', 'folded')} | {same} |")
+    log(f"wavelet A/B {name}: eager folded {med['folded'][0]:,.0f}, levels {med['levels'][0]:,.0f}; "
+        f"graph folded {med['folded'][1]:,.0f}, levels {med['levels'][1]:,.0f} img/s; outputs equal {same}")
+    if not same:
+        report.check(f"{name}: the wavelet paths give the same outputs", None, None, 0, ok=False)
+    del folded, levels, x
+    torch.cuda.empty_cache()
+
+
+def profile_preset(name: str, report: Report, get_preset, build, fuse, steps: int = 3) -> None:
+    """Per-kernel GPU time of eager forwards at the throughput batch (torch.profiler), top rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    a = report.args
+    spec = get_preset(name)
+    torch.manual_seed(0)
+    model = fuse(build(spec).eval(), device="cuda").eval().cuda()
+    x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                model(x)
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    for key in ("self_cuda_time_total", "self_device_time_total"):
+        try:
+            table = averages.table(sort_by=key, row_limit=25, max_name_column_width=70)
+            break
+        except (AttributeError, KeyError, ValueError):
+            table = None
+    report.profiles.append(f"### {name}, batch {a.batch}, {steps} eager forwards\n\n```\n{table}\n```")
+    log(f"profile {name}:\n{table}")
+    del model, x
     torch.cuda.empty_cache()
 
 
@@ -477,7 +573,7 @@ def bench_preset(name: str, report: Report, get_preset, build, fuse, deadline: f
     spec = get_preset(name)
     row["img"] = spec.resolution
     torch.manual_seed(0)
-    model = fuse(build(spec).eval()).eval().cuda()
+    model = fuse(build(spec).eval(), device="cuda").eval().cuda()
     torch.cuda.reset_peak_memory_stats()
     w256, r256 = (2, 10) if a.quick else (5, 30)
     w1, r1 = (5, 30) if a.quick else (20, 50)
@@ -501,10 +597,14 @@ def compile_child(args) -> None:
     get_preset, build, fuse, _ = import_mmlab()
     set_tf32(args.tf32 == "on")
     torch.backends.cudnn.benchmark = True
+    if args.inductor_layout_opt == "off":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.layout_optimization = False
     name = args.compile_child
     spec = get_preset(name)
     torch.manual_seed(0)
-    model = fuse(build(spec).eval()).eval().cuda()
+    model = fuse(build(spec).eval(), device="cuda").eval().cuda()
     compiled = torch.compile(model, mode=args.compile_mode, dynamic=False)  # one static graph per batch size
     warm, runs = (3, 10) if args.quick else (5, 30)
     with torch.no_grad():
@@ -527,7 +627,7 @@ def run_compile(name: str, report: Report, timeout_s: float) -> None:
     a = report.args
     row = report.rows.setdefault(name, {})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--compile-child", name, "--compile-mode", a.compile_mode,
-           "--tf32", a.tf32, "--batch", str(a.batch)] + (["--quick"] if a.quick else [])
+           "--tf32", a.tf32, "--batch", str(a.batch), "--inductor-layout-opt", a.inductor_layout_opt] + (["--quick"] if a.quick else [])
     log(f"{name}: torch.compile(mode={a.compile_mode!r}) in a child process, timeout {timeout_s:.0f} s")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
@@ -563,7 +663,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256, help="throughput batch size")
     parser.add_argument("--compile-mode", default="reduce-overhead", choices=["reduce-overhead", "max-autotune-no-cudagraphs", "default"])
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--no-layout-ab", action="store_true", help="skip the deploy-layout A/B (t2, b1, b2)")
+    parser.add_argument("--layout-presets", default="t2,b1,b2", help="presets for the deploy-layout A/B ('' skips it)")
+    parser.add_argument("--wavelet-presets", default="", help="presets for the wavelet-path A/B ('' skips it)")
+    parser.add_argument("--inductor-layout-opt", choices=["default", "off"], default="default",
+                        help="torch._inductor.config.layout_optimization for compile (off: keep NCHW)")
+    parser.add_argument("--profile-presets", default="b2", help="presets to profile at the throughput batch ('' skips it)")
+    parser.add_argument("--compile-presets", default=None, help="presets to torch.compile (default: all timed, while the budget lasts)")
     parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
                         help="TF32 while timing: torch's defaults (cuDNN convs on, matmul off), on, or off (strict fp32)")
     parser.add_argument("--reference", default=None, help="official_gpu_h100.tsv (default ../shared/reference/)")
@@ -596,7 +701,7 @@ def main() -> int:
         f"{props.multi_processor_count} SMs)",
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, triton {triton_version}, "
         f"python {sys.version.split()[0]}",
-        "model: fp32, `fuse(build(spec).eval())` (BatchNorm folded), random init and input at the preset's resolution, "
+        "model: fp32, `fuse(build(spec).eval(), device='cuda')` (BatchNorm folded, NCHW convs), random init and input at the preset's resolution, "
         "`torch.inference_mode` (compiled: `torch.no_grad`)",
         f"timing settings: TF32 {args.tf32} (matmul {tf32_default[0] if args.tf32 == 'default' else args.tf32 == 'on'}, "
         f"cuDNN conv {tf32_default[1] if args.tf32 == 'default' else args.tf32 == 'on'}), cudnn.benchmark on; checks run with TF32 off",
@@ -642,15 +747,31 @@ def main() -> int:
         print(traceback.format_exc(), flush=True)
     report.write()
 
-    # 2b. the deploy layout on CUDA: the CPU-tuned fused layout against the NCHW / cuDNN one
-    if not args.no_layout_ab:
-        for name in [p for p in ("t2", "b1", "b2") if p in presets]:
-            try:
-                layout_ab(name, report, get_preset, build, fuse)
-            except Exception:  # noqa: BLE001
-                report.errors.append(f"layout A/B {name}:\n{traceback.format_exc()}")
-                print(traceback.format_exc(), flush=True)
-            report.write()
+    # 2b. the deploy layouts on CUDA, interleaved; 2c. where the time goes
+    for name in [p.strip() for p in args.layout_presets.split(",") if p.strip()]:
+        try:
+            layout_ab(name, report, get_preset, build, fuse)
+        except Exception:  # noqa: BLE001
+            report.errors.append(f"layout A/B {name}:\n{traceback.format_exc()}")
+            print(traceback.format_exc(), flush=True)
+            torch.cuda.empty_cache()
+        report.write()
+    for name in [p.strip() for p in args.wavelet_presets.split(",") if p.strip()]:
+        try:
+            wavelet_ab(name, report, get_preset, build, fuse)
+        except Exception:  # noqa: BLE001
+            report.errors.append(f"wavelet A/B {name}:\n{traceback.format_exc()}")
+            print(traceback.format_exc(), flush=True)
+            torch.cuda.empty_cache()
+        report.write()
+    for name in [p.strip() for p in args.profile_presets.split(",") if p.strip()]:
+        try:
+            profile_preset(name, report, get_preset, build, fuse)
+        except Exception:  # noqa: BLE001
+            report.errors.append(f"profile {name}:\n{traceback.format_exc()}")
+            print(traceback.format_exc(), flush=True)
+            torch.cuda.empty_cache()
+        report.write()
 
     # 3. eager and CUDA graph, every preset; keep a reserve for compile
     for i, name in enumerate(presets):
@@ -672,7 +793,8 @@ def main() -> int:
 
     # 4. torch.compile while time is left (each in a child process with a timeout)
     if not args.no_compile:
-        for name in presets:
+        to_compile = presets if args.compile_presets is None else [p.strip() for p in args.compile_presets.split(",") if p.strip()]
+        for name in to_compile:
             left = deadline - time.monotonic()
             if report.rows.get(name, {}).get("error"):
                 report.rows[name]["compile_status"] = "skipped: eager timing failed"
