@@ -110,7 +110,8 @@ def show(spec: SpecArg, as_json: JsonOpt = False) -> None:
 Device = Enum("Device", {name: name for name in DEVICES}, type=str)  # choices from the one device registry
 Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)
 DEVICE_HELP = "; ".join(f"{d.name}: {d.description}" for d in DEVICES.values())
-RUNTIME_HELP = "Timing runtime: " + "; ".join(f"{r.name}: {r.description}" for r in RUNTIMES.values())
+# "[" escaped: typer's rich help would read "mmlab[deploy]" as a style tag and drop it.
+RUNTIME_HELP = "Timing runtime: " + "; ".join(f"{r.name}: {r.description}" for r in RUNTIMES.values()).replace("[", "\\[")
 SIGNAL_HELP = ", ".join(f"{s.name} ({s.kind})" for s in SIGNALS.values())
 SPACE_HELP = f"Search space: a shipped one ({', '.join(space_names())}) or a .toml file."
 

@@ -97,3 +97,10 @@ def test_show_imports_no_torch_and_prints_the_built_count():
     assert out.splitlines()[0] == f"spec t2 (key {PRESETS['t2'].key})"
     assert out.splitlines()[-1] == f"params: {built_param_count('t2'):,} (all parameters, frozen wavelet filters included)"
     assert json.loads(run_without_torch(["show", "t2", "--json"]))["params"] == built_param_count("t2")
+
+
+def test_runtime_help_keeps_the_install_extra():
+    """Typer's rich help reads "[deploy]" as markup unless escaped; the install hint must survive."""
+    result = runner.invoke(app, ["measure", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "pip install 'mmlab[deploy]'" in result.output
