@@ -429,15 +429,15 @@ def report(
 ))
 def refine(
     folder: Annotated[Path, typer.Argument(help="A search's results folder, results/<study>.")],
-    top_k: Annotated[Optional[int], typer.Option(help="Candidates: the front, then the next non-dominated layers, presets that fit included. [default: 9]")] = None,
-    rungs: Annotated[Optional[str], typer.Option(help="Training epochs at each rung, cumulative and increasing. [default: 1,3,9]")] = None,
-    eta: Annotated[Optional[int], typer.Option(help="Each rung keeps the best 1/eta (rounded up). [default: 3]")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Training seeds per candidate and rung (error bars). [default: 1]")] = None,
-    data: Annotated[Optional[str], typer.Option(help="fashion-mnist[:PATH], digits, synthetic, or imagefolder:PATH. [default: fashion-mnist]")] = None,
-    max_per_class: Annotated[Optional[int], typer.Option(help="Training images per class (0: all). [default: 1000]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size. [default: 64]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the data split and the first training run. [default: 0]")] = None,
-    keep_presets: Annotated[Optional[bool], typer.Option("--keep-presets/--no-keep-presets", help="Carry the presets that fit through every rung, as references at equal epochs. [default: no]")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Candidates: the front, then the next non-dominated layers, presets that fit included. \\[default: 9]")] = None,
+    rungs: Annotated[Optional[str], typer.Option(help="Training epochs at each rung, cumulative and increasing. \\[default: 1,3,9]")] = None,
+    eta: Annotated[Optional[int], typer.Option(help="Each rung keeps the best 1/eta (rounded up). \\[default: 3]")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Training seeds per candidate and rung (error bars). \\[default: 1]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="fashion-mnist[:PATH], digits, synthetic, or imagefolder:PATH. \\[default: fashion-mnist]")] = None,
+    max_per_class: Annotated[Optional[int], typer.Option(help="Training images per class (0: all). \\[default: 1000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size. \\[default: 64]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the data split and the first training run. \\[default: 0]")] = None,
+    keep_presets: Annotated[Optional[bool], typer.Option("--keep-presets/--no-keep-presets", help="Carry the presets that fit through every rung, as references at equal epochs. \\[default: no]")] = None,
     device: Annotated[Device, typer.Option(help="Where training runs.")] = "cpu",
 ) -> None:
     """Train the searched front: successive halving with real training, resumable and shared.
@@ -521,7 +521,7 @@ def export(
     source: Annotated[str, typer.Argument(help="A search's results folder (results/<study>), or a preset name / spec file (with --onnx).")],
     trial: Annotated[Optional[int], typer.Option(help="Trial number (see trials.csv / report.md).")] = None,
     refined: Annotated[Optional[str], typer.Option(help="'best': the winner of `mmlab refine` (instead of --trial).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the trial's spec (.toml or .json). [default: arch.toml]")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the trial's spec (.toml or .json). \\[default: arch.toml]")] = None,
     onnx: Annotated[Optional[Path], typer.Option(help="Also write the deploy network (BatchNorm fused, reference initialisation) as ONNX here, checked against PyTorch in onnxruntime.")] = None,
 ) -> None:
     """Write one trial's architecture as a spec file, and / or a network as ONNX.
