@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from timm.layers import DropPath
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 from mmlab.model.layers import FFN, ConvBN, Residual, conv_like, fold_bn

@@ -121,16 +121,6 @@ class Pointwise(nn.Module):
             return None
         return cls(conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias)
 
-    def to_conv(self) -> nn.Conv2d:
-        """The 1x1 ``Conv2d`` this layer stands for (NCHW weight), e.g. for a device where cuDNN wins."""
-        out_ch, in_ch = self.weight.shape
-        conv = nn.Conv2d(in_ch, out_ch, 1, bias=self.bias is not None).to(self.weight.device, self.weight.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.weight.reshape(out_ch, in_ch, 1, 1))
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias)  # (B, H, W, C) -> (B, H, W, O)
         return y.permute(0, 3, 1, 2)  # (B, O, H, W), channels-last
@@ -187,18 +177,16 @@ class TapConv(nn.Module):
         return f"{self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, stride={self.stride}, padding={self.padding}"
 
 
-def swap_convs(module: nn.Module, replacement: Callable[[nn.Module], nn.Module | None],
-               kind: type[nn.Module] = nn.Conv2d) -> int:
-    """Replace, in place, every ``kind`` submodule (``Conv2d`` by default) of ``module`` for which
-    ``replacement(child)`` gives a module (e.g. :meth:`Pointwise.from_conv`, :meth:`TapConv.from_conv`;
-    ``kind=Pointwise`` with :meth:`Pointwise.to_conv` goes back); how many were replaced."""
+def swap_convs(module: nn.Module, replacement: Callable[[nn.Conv2d], nn.Module | None]) -> int:
+    """Replace, in place, every ``Conv2d`` submodule of ``module`` for which ``replacement(child)``
+    gives a module (e.g. :meth:`Pointwise.from_conv`, :meth:`TapConv.from_conv`); how many were replaced."""
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, kind) and (new := replacement(child)) is not None:
+        if isinstance(child, nn.Conv2d) and (new := replacement(child)) is not None:
             setattr(module, name, new)
             count += 1
         else:
-            count += swap_convs(child, replacement, kind)
+            count += swap_convs(child, replacement)
     return count
 
 
