@@ -4,9 +4,10 @@
    shapes (fails above 1e-4 relative), and the fused T2 model laid out for CUDA, on CUDA, against
    the same network laid out for the CPU, on CPU, in fp32 (TF32 off for the checks).
 2. Scan kernel timing: Triton vs the chunked autograd-path scan on CUDA, at model shapes.
-3. The deploy layouts (``fuse(device=...)``, :data:`LAYOUTS`) interleaved at the throughput batch
-   (``--layout-presets``), and a ``torch.profiler`` table of where the GPU time goes
-   (``--profile-presets``).
+3. A/Bs interleaved at the throughput batch: the deploy layouts (``fuse(device=...)``,
+   :data:`LAYOUTS`, ``--layout-presets``), the wavelet paths (``--wavelet-presets``), conv + bias +
+   ReLU as one cuDNN call (``--fusion-presets``); and a ``torch.profiler`` table of where the GPU
+   time goes (``--profile-presets``).
 4. Per preset (t2 t4 s6 b1 b2 b4), fp32, ``fuse(build(spec).eval(), device="cuda")``, random input
    at the preset's resolution, under ``torch.inference_mode``: batch-256 throughput and batch-1
    latency, eager and as a CUDA graph (CUDA-event timing, warm-up, median of >= 30 runs, p10 / p90).
@@ -209,6 +210,7 @@ class Report:
         self.layout_ab: list[str] = []
         self.profiles: list[str] = []
         self.wavelet_ab: list[str] = []
+        self.fusion_ab: list[str] = []
         self.rows: dict[str, dict] = {}
         self.errors: list[str] = []
         self.status = "running"
@@ -303,6 +305,13 @@ class Report:
                       "synthesis conv (the CUDA default since this A/B). Ratios per round, levels ÷ folded (> 1: `levels` faster), median [min–max].", "",
                       "| preset | blocks switched | folded eager | levels eager | ratio eager | folded graph | levels graph "
                       "| ratio graph | outputs equal |", "|---|---|---|---|---|---|---|---|---|", *self.wavelet_ab]
+        if self.fusion_ab:
+            lines += ["", f"## Conv + bias + ReLU as one cuDNN call, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)", "",
+                      "`base`: the CUDA deploy form (cuDNN conv, then the bias `add_`, then ReLU); `conv_relu`: "
+                      "`torch.cudnn_convolution_relu` where a ReLU directly follows a conv. Ratios per round, "
+                      "conv_relu ÷ base (> 1: faster), median [min–max].", "",
+                      "| preset | pairs fused | base eager | conv_relu eager | ratio eager | base graph | conv_relu graph "
+                      "| ratio graph | outputs equal |", "|---|---|---|---|---|---|---|---|---|", *self.fusion_ab]
         if self.profiles:
             lines += ["", "## Where the GPU time goes (torch.profiler, eager, `cuda` layout)", "", *self.profiles]
         if self.errors:
@@ -537,6 +546,69 @@ def wavelet_ab(name: str, report: Report, get_preset, build, fuse, rounds: int =
     torch.cuda.empty_cache()
 
 
+class ConvReLU(torch.nn.Module):
+    """``relu(conv(x) + bias)`` as one cuDNN call (``torch.cudnn_convolution_relu``); the oracle is
+    the conv and ReLU it replaces."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        return torch.cudnn_convolution_relu(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+def fuse_conv_relu(model: torch.nn.Module) -> int:
+    """Replace, in place, each conv that a ReLU directly follows (the stem's ``Sequential``, the
+    FFNs' ``pw1 → act``, PatchMerging's ``conv1 → act1`` and ``conv2 → act2``) by :class:`ConvReLU`
+    and the ReLU by an identity; how many were replaced."""
+    from mmlab.model.layers import FFN, PatchMerging
+
+    pairs = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Sequential):
+            names = list(m._modules)
+            pairs += [(m, a, b) for a, b in zip(names, names[1:])
+                      if isinstance(m._modules[a], torch.nn.Conv2d) and isinstance(m._modules[b], torch.nn.ReLU)]
+        elif isinstance(m, FFN):
+            pairs.append((m, "pw1", "act"))
+        elif isinstance(m, PatchMerging):
+            pairs += [(m, "conv1", "act1"), (m, "conv2", "act2")]
+    count = 0
+    for parent, conv_name, relu_name in pairs:
+        conv = getattr(parent, conv_name)
+        if isinstance(conv, torch.nn.Conv2d) and not isinstance(conv.padding, str):
+            setattr(parent, conv_name, ConvReLU(conv))
+            setattr(parent, relu_name, torch.nn.Identity())
+            count += 1
+    return count
+
+
+def fusion_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 3) -> None:
+    """The CUDA deploy form against the same network with conv + bias + ReLU as one cuDNN call
+    (:func:`fuse_conv_relu`), interleaved at the throughput batch. The b2 profile of the first
+    H100 run gave the separate bias ``add_`` 12 % and ReLU 6 % of the GPU time."""
+    a = report.args
+    spec = get_preset(name)
+    torch.manual_seed(0)
+    base = fuse(build(spec).eval(), device="cuda").eval().cuda()
+    fused = copy.deepcopy(base)
+    replaced = fuse_conv_relu(fused)
+    x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
+    eager, graph, same = interleaved({"base": base, "conv_relu": fused}, x, "base", rounds)
+    med = {k: (statistics.median(eager[k]), statistics.median(graph[k])) for k in eager}
+    report.fusion_ab.append(
+        f"| {name} | {replaced} | {med['base'][0]:,.0f} | {med['conv_relu'][0]:,.0f} | {ratio_cell(eager, 'conv_relu', 'base')} "
+        f"| {med['base'][1]:,.0f} | {med['conv_relu'][1]:,.0f} | {ratio_cell(graph, 'conv_relu', 'base')} | {same} |")
+    log(f"conv+ReLU A/B {name} ({replaced} pairs): eager {med['base'][0]:,.0f} -> {med['conv_relu'][0]:,.0f}; "
+        f"graph {med['base'][1]:,.0f} -> {med['conv_relu'][1]:,.0f} img/s; outputs equal {same}")
+    if not same:
+        report.check(f"{name}: conv + ReLU in one cuDNN call gives the same outputs", None, None, 0, ok=False)
+    del base, fused, x
+    torch.cuda.empty_cache()
+
+
 def profile_preset(name: str, report: Report, get_preset, build, fuse, steps: int = 3) -> None:
     """Per-kernel GPU time of eager forwards at the throughput batch (torch.profiler), top rows."""
     from torch.profiler import ProfilerActivity, profile
@@ -665,6 +737,7 @@ def main() -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--layout-presets", default="t2,b1,b2", help="presets for the deploy-layout A/B ('' skips it)")
     parser.add_argument("--wavelet-presets", default="", help="presets for the wavelet-path A/B ('' skips it)")
+    parser.add_argument("--fusion-presets", default="", help="presets for the conv+ReLU cuDNN-fusion A/B ('' skips it)")
     parser.add_argument("--inductor-layout-opt", choices=["default", "off"], default="default",
                         help="torch._inductor.config.layout_optimization for compile (off: keep NCHW)")
     parser.add_argument("--profile-presets", default="b2", help="presets to profile at the throughput batch ('' skips it)")
@@ -761,6 +834,14 @@ def main() -> int:
             wavelet_ab(name, report, get_preset, build, fuse)
         except Exception:  # noqa: BLE001
             report.errors.append(f"wavelet A/B {name}:\n{traceback.format_exc()}")
+            print(traceback.format_exc(), flush=True)
+            torch.cuda.empty_cache()
+        report.write()
+    for name in [p.strip() for p in args.fusion_presets.split(",") if p.strip()]:
+        try:
+            fusion_ab(name, report, get_preset, build, fuse)
+        except Exception:  # noqa: BLE001
+            report.errors.append(f"conv+ReLU A/B {name}:\n{traceback.format_exc()}")
             print(traceback.format_exc(), flush=True)
             torch.cuda.empty_cache()
         report.write()
