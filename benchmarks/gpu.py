@@ -820,39 +820,18 @@ def main() -> int:
         print(traceback.format_exc(), flush=True)
     report.write()
 
-    # 2b. the deploy layouts on CUDA, interleaved; 2c. where the time goes
-    for name in [p.strip() for p in args.layout_presets.split(",") if p.strip()]:
-        try:
-            layout_ab(name, report, get_preset, build, fuse)
-        except Exception:  # noqa: BLE001
-            report.errors.append(f"layout A/B {name}:\n{traceback.format_exc()}")
-            print(traceback.format_exc(), flush=True)
-            torch.cuda.empty_cache()
-        report.write()
-    for name in [p.strip() for p in args.wavelet_presets.split(",") if p.strip()]:
-        try:
-            wavelet_ab(name, report, get_preset, build, fuse)
-        except Exception:  # noqa: BLE001
-            report.errors.append(f"wavelet A/B {name}:\n{traceback.format_exc()}")
-            print(traceback.format_exc(), flush=True)
-            torch.cuda.empty_cache()
-        report.write()
-    for name in [p.strip() for p in args.fusion_presets.split(",") if p.strip()]:
-        try:
-            fusion_ab(name, report, get_preset, build, fuse)
-        except Exception:  # noqa: BLE001
-            report.errors.append(f"conv+ReLU A/B {name}:\n{traceback.format_exc()}")
-            print(traceback.format_exc(), flush=True)
-            torch.cuda.empty_cache()
-        report.write()
-    for name in [p.strip() for p in args.profile_presets.split(",") if p.strip()]:
-        try:
-            profile_preset(name, report, get_preset, build, fuse)
-        except Exception:  # noqa: BLE001
-            report.errors.append(f"profile {name}:\n{traceback.format_exc()}")
-            print(traceback.format_exc(), flush=True)
-            torch.cuda.empty_cache()
-        report.write()
+    # 2b. the A/Bs on CUDA, interleaved; 2c. where the time goes
+    steps = ((args.layout_presets, "layout A/B", layout_ab), (args.wavelet_presets, "wavelet A/B", wavelet_ab),
+             (args.fusion_presets, "conv+ReLU A/B", fusion_ab), (args.profile_presets, "profile", profile_preset))
+    for preset_list, label, step in steps:
+        for name in [p.strip() for p in preset_list.split(",") if p.strip()]:
+            try:
+                step(name, report, get_preset, build, fuse)
+            except Exception:  # noqa: BLE001
+                report.errors.append(f"{label} {name}:\n{traceback.format_exc()}")
+                print(traceback.format_exc(), flush=True)
+                torch.cuda.empty_cache()
+            report.write()
 
     # 3. eager and CUDA graph, every preset; keep a reserve for compile
     for i, name in enumerate(presets):
