@@ -298,20 +298,16 @@ class Report:
             lines.append(
                 f"| {name} | {row.get('graph_ok', '–')} | {fmt(row.get('peak_gib'), 1)} | {a.compile_mode}{' (inductor layout_optimization off)' if a.inductor_layout_opt == 'off' else ''} | {fmt(row.get('b1_compile_s'), 1)} "
                 f"| {fmt(row.get('b256_compile_s'), 1)} | {row.get('compiled_ok', '–')} | {row.get('compile_status', 'not run')} |")
-        if self.wavelet_ab:
-            lines += ["", f"## Wavelet path on CUDA, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)", "",
-                      "`folded`: the one-level Haar path as one grouped k×k conv (4 → 4 channels per group) between a "
-                      "pixel unshuffle and shuffle (the CPU default); `levels`: analysis conv, depthwise sub-band conv, "
-                      "synthesis conv (the CUDA default since this A/B). Ratios per round, levels ÷ folded (> 1: `levels` faster), median [min–max].", "",
-                      "| preset | blocks switched | folded eager | levels eager | ratio eager | folded graph | levels graph "
-                      "| ratio graph | outputs equal |", "|---|---|---|---|---|---|---|---|---|", *self.wavelet_ab]
-        if self.fusion_ab:
-            lines += ["", f"## Conv + bias + ReLU as one cuDNN call, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)", "",
-                      "`base`: the CUDA deploy form (cuDNN conv, then the bias `add_`, then ReLU); `conv_relu`: "
-                      "`torch.cudnn_convolution_relu` where a ReLU directly follows a conv. Ratios per round, "
-                      "conv_relu ÷ base (> 1: faster), median [min–max].", "",
-                      "| preset | pairs fused | base eager | conv_relu eager | ratio eager | base graph | conv_relu graph "
-                      "| ratio graph | outputs equal |", "|---|---|---|---|---|---|---|---|---|", *self.fusion_ab]
+        lines += pair_section(
+            f"Wavelet path on CUDA, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)",
+            "`folded`: the one-level Haar path as one grouped k×k conv (4 → 4 channels per group) between a "
+            "pixel unshuffle and shuffle (the CPU default); `levels`: analysis conv, depthwise sub-band conv, "
+            "synthesis conv (the CUDA default since this A/B).", ("folded", "levels"), "blocks switched", self.wavelet_ab)
+        lines += pair_section(
+            f"Conv + bias + ReLU as one cuDNN call, interleaved in one process (batch {a.batch}, img/s, median of 3 rounds)",
+            "`base`: the CUDA deploy form (cuDNN conv, then the bias `add_`, then ReLU); `conv_relu`: "
+            "`torch.cudnn_convolution_relu` where a ReLU directly follows a conv.", ("base", "conv_relu"), "pairs fused",
+            self.fusion_ab)
         if self.profiles:
             lines += ["", "## Where the GPU time goes (torch.profiler, eager, `cuda` layout)", "", *self.profiles]
         if self.errors:
@@ -501,28 +497,45 @@ def layout_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 
     models = {key: layout_variant(key, net, fuse).eval().cuda() for key in LAYOUTS}
     x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
     eager, graph, same = interleaved(models, x, "cuda", rounds)
-    cells = []
-    for key in LAYOUTS:
-        cells.append(f"{statistics.median(eager[key]):,.0f}")
-    for key in LAYOUTS:
-        cells.append(f"{statistics.median(graph[key]):,.0f}")
+    cells = [f"{statistics.median(times[key]):,.0f}" for times in (eager, graph) for key in LAYOUTS]
     ratios = [ratio_cell(times, key, "cuda") for key in ("cpu", "cuda-cl") for times in (eager, graph)]
     report.layout_ab.append(f"| {name} | " + " | ".join(cells + ratios) + f" | {same} |")
     log(f"layout A/B {name}: eager " + ", ".join(f"{k} {statistics.median(v):,.0f}" for k, v in eager.items())
         + "; graph " + ", ".join(f"{k} {statistics.median(v):,.0f}" for k, v in graph.items()) + f" img/s; outputs equal {same}")
     if not same:
         report.check(f"{name}: the deploy layouts give the same outputs", None, None, 0, ok=False)
-    del models, x
-    torch.cuda.empty_cache()
+
+
+def pair_section(title: str, intro: str, keys: tuple[str, str], count_header: str, rows: list[str]) -> list[str]:
+    """A report section for :func:`pair_ab`'s rows (nothing when there are none)."""
+    if not rows:
+        return []
+    first, second = keys
+    return ["", f"## {title}", "", f"{intro} Ratios per round, {second} ÷ {first} (> 1: `{second}` faster), median [min–max].", "",
+            f"| preset | {count_header} | {first} eager | {second} eager | ratio eager | {first} graph | {second} graph "
+            "| ratio graph | outputs equal |", "|---|---|---|---|---|---|---|---|---|", *rows]
+
+
+def pair_ab(name: str, report: Report, spec, models: dict, count: int, rows: list[str], what: str, rounds: int = 3) -> None:
+    """Two forms of one network (``models``, in column order) interleaved at the throughput batch:
+    a row of :func:`pair_section` into ``rows``, and a failed check unless their outputs agree."""
+    (first, _), (second, _) = models.items()
+    x = torch.randn(report.args.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
+    eager, graph, same = interleaved(models, x, first, rounds)
+    med = {k: (statistics.median(eager[k]), statistics.median(graph[k])) for k in models}
+    rows.append(f"| {name} | {count} | {med[first][0]:,.0f} | {med[second][0]:,.0f} | {ratio_cell(eager, second, first)} "
+                f"| {med[first][1]:,.0f} | {med[second][1]:,.0f} | {ratio_cell(graph, second, first)} | {same} |")
+    log(f"{what} {name} ({count}): eager {first} {med[first][0]:,.0f}, {second} {med[second][0]:,.0f}; "
+        f"graph {first} {med[first][1]:,.0f}, {second} {med[second][1]:,.0f} img/s; outputs equal {same}")
+    if not same:
+        report.check(f"{name}: {what}, both forms give the same outputs", None, None, 0, ok=False)
 
 
 def wavelet_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 3) -> None:
     """The CUDA deploy form with the Haar level folded into one grouped conv (``folded``, the CPU
-    default) against the level-by-level path (``levels``, the CUDA default), interleaved at the
-    throughput batch."""
+    default) against the level-by-level path (``levels``, the CUDA default)."""
     from mmlab.model.blocks import FusedGlobalBranch
 
-    a = report.args
     spec = get_preset(name)
     torch.manual_seed(0)
     levels = fuse(build(spec).eval(), device="cuda").eval().cuda()
@@ -532,18 +545,7 @@ def wavelet_ab(name: str, report: Report, get_preset, build, fuse, rounds: int =
         if isinstance(m, FusedGlobalBranch) and m.folded_level:
             m.wavelet_impl = "folded"
             switched += 1
-    x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
-    eager, graph, same = interleaved({"folded": folded, "levels": levels}, x, "folded", rounds)
-    med = {k: (statistics.median(eager[k]), statistics.median(graph[k])) for k in eager}
-    report.wavelet_ab.append(
-        f"| {name} | {switched} | {med['folded'][0]:,.0f} | {med['levels'][0]:,.0f} | {ratio_cell(eager, 'levels', 'folded')} "
-        f"| {med['folded'][1]:,.0f} | {med['levels'][1]:,.0f} | {ratio_cell(graph, 'levels', 'folded')} | {same} |")
-    log(f"wavelet A/B {name}: eager folded {med['folded'][0]:,.0f}, levels {med['levels'][0]:,.0f}; "
-        f"graph folded {med['folded'][1]:,.0f}, levels {med['levels'][1]:,.0f} img/s; outputs equal {same}")
-    if not same:
-        report.check(f"{name}: the wavelet paths give the same outputs", None, None, 0, ok=False)
-    del folded, levels, x
-    torch.cuda.empty_cache()
+    pair_ab(name, report, spec, {"folded": folded, "levels": levels}, switched, report.wavelet_ab, "wavelet A/B", rounds)
 
 
 class ConvReLU(torch.nn.Module):
@@ -587,26 +589,14 @@ def fuse_conv_relu(model: torch.nn.Module) -> int:
 
 def fusion_ab(name: str, report: Report, get_preset, build, fuse, rounds: int = 3) -> None:
     """The CUDA deploy form against the same network with conv + bias + ReLU as one cuDNN call
-    (:func:`fuse_conv_relu`), interleaved at the throughput batch. The b2 profile of the first
-    H100 run gave the separate bias ``add_`` 12 % and ReLU 6 % of the GPU time."""
-    a = report.args
+    (:func:`fuse_conv_relu`). The b2 profile of the first H100 run gave the separate bias ``add_``
+    12 % and ReLU 6 % of the GPU time."""
     spec = get_preset(name)
     torch.manual_seed(0)
     base = fuse(build(spec).eval(), device="cuda").eval().cuda()
     fused = copy.deepcopy(base)
     replaced = fuse_conv_relu(fused)
-    x = torch.randn(a.batch, spec.in_chans, spec.resolution, spec.resolution, device="cuda")
-    eager, graph, same = interleaved({"base": base, "conv_relu": fused}, x, "base", rounds)
-    med = {k: (statistics.median(eager[k]), statistics.median(graph[k])) for k in eager}
-    report.fusion_ab.append(
-        f"| {name} | {replaced} | {med['base'][0]:,.0f} | {med['conv_relu'][0]:,.0f} | {ratio_cell(eager, 'conv_relu', 'base')} "
-        f"| {med['base'][1]:,.0f} | {med['conv_relu'][1]:,.0f} | {ratio_cell(graph, 'conv_relu', 'base')} | {same} |")
-    log(f"conv+ReLU A/B {name} ({replaced} pairs): eager {med['base'][0]:,.0f} -> {med['conv_relu'][0]:,.0f}; "
-        f"graph {med['base'][1]:,.0f} -> {med['conv_relu'][1]:,.0f} img/s; outputs equal {same}")
-    if not same:
-        report.check(f"{name}: conv + ReLU in one cuDNN call gives the same outputs", None, None, 0, ok=False)
-    del base, fused, x
-    torch.cuda.empty_cache()
+    pair_ab(name, report, spec, {"base": base, "conv_relu": fused}, replaced, report.fusion_ab, "conv+ReLU A/B", rounds)
 
 
 def profile_preset(name: str, report: Report, get_preset, build, fuse, steps: int = 3) -> None:
@@ -626,17 +616,9 @@ def profile_preset(name: str, report: Report, get_preset, build, fuse, steps: in
             for _ in range(steps):
                 model(x)
             torch.cuda.synchronize()
-    averages = prof.key_averages()
-    for key in ("self_cuda_time_total", "self_device_time_total"):
-        try:
-            table = averages.table(sort_by=key, row_limit=25, max_name_column_width=70)
-            break
-        except (AttributeError, KeyError, ValueError):
-            table = None
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
     report.profiles.append(f"### {name}, batch {a.batch}, {steps} eager forwards\n\n```\n{table}\n```")
     log(f"profile {name}:\n{table}")
-    del model, x
-    torch.cuda.empty_cache()
 
 
 def bench_preset(name: str, report: Report, get_preset, build, fuse, deadline: float) -> None:
@@ -830,7 +812,7 @@ def main() -> int:
             except Exception:  # noqa: BLE001
                 report.errors.append(f"{label} {name}:\n{traceback.format_exc()}")
                 print(traceback.format_exc(), flush=True)
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # the step's networks and graphs are gone with its frame
             report.write()
 
     # 3. eager and CUDA graph, every preset; keep a reserve for compile
