@@ -97,21 +97,61 @@ def add_identity(conv: nn.Conv2d) -> nn.Conv2d | None:
     return conv_like(conv, weight, bias)
 
 
+def _has_onednn_linear() -> bool:
+    """Whether this torch build has oneDNN's fused linear op (x86 / Arm builds with MKL-DNN)."""
+    return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+ONEDNN_LINEAR = _has_onednn_linear()
+
+
+def _register_reorder_shape() -> None:
+    """Give ``mkldnn::_reorder_linear_weight`` the shape function (a "fake" kernel) that torch
+    2.14 lacks, so that ``torch.compile`` can trace :meth:`Pointwise.onednn_weight`: the reordered
+    weight has the weight's shape. Inductor inserts the same op itself after tracing, where it
+    needs none. Left alone where torch has one of its own."""
+    try:
+        torch.library.register_fake("mkldnn::_reorder_linear_weight")(
+            lambda weight, batch_size=None: torch.empty_like(weight))
+    except RuntimeError:  # already registered (a newer torch, or mmlab imported twice)
+        pass
+
+
+if ONEDNN_LINEAR:
+    _register_reorder_shape()
+
+
 class Pointwise(nn.Module):
     """Deploy form of a dense 1x1 conv (stride 1, no padding): a matrix product over channels.
 
-    On a channels-last map the (B, H, W, C) view is free, so the layer is one ``F.linear`` (a GEMM)
-    with no copy, and its output is channels-last again. At batch 1 on CPU, PyTorch sends a 1x1
-    conv on a small map (at most 20,480 input values) to its unblocked ``_slow_conv2d`` path and a
-    larger one to oneDNN with a per-call set-up cost; the GEMM beats both (whole fused network,
-    interleaved A/B at 2 threads: t2 3 %, b1 11 % faster). The readable oracle is the conv it
-    replaces (:meth:`from_conv`).
+    On a channels-last map the (B, H, W, C) view is free, so the layer is one GEMM with no copy,
+    and its output is channels-last again. At batch 1 on CPU, PyTorch sends a 1x1 conv on a small
+    map (at most 20,480 input values) to its unblocked ``_slow_conv2d`` path and a larger one to
+    oneDNN with a per-call set-up cost; the GEMM beats both (whole fused network, interleaved A/B
+    at 2 threads: t2 3 %, b1 11 % faster).
+
+    The GEMM is oneDNN's (``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once into
+    oneDNN's blocked layout, what inductor does for low-precision linears) wherever it applies:
+    float32 CPU inference, more than one row, not traced by an exporter. ``F.linear`` sends
+    float32 to MKL's sgemm, which on this project's machines (AMD EPYC, Zen 5, 2 threads) runs
+    these products at 50-90 GMAC/s against oneDNN's 105-200 (``benchmarks/gemm.py``; whole fused
+    networks 0.75-0.89x the time). A single row (the squeeze-excite layers) stays ``F.linear``:
+    MKL's matrix-vector product is the faster one there. Everywhere else (autograd, CUDA, other
+    dtypes, ``torch.jit`` tracing for ONNX) it is ``F.linear`` too: the readable oracle, as is
+    the conv it replaces (:meth:`from_conv`).
+
+    The reordered weight is a cache, not state: rebuilt when :attr:`weight` changes (in place
+    or replaced; an inference tensor, which counts no in-place changes, only when replaced), dropped
+    from copies and pickles (oneDNN's opaque tensors have no storage to
+    copy). Under ``torch.compile`` the reorder is an op in the graph, which ``freezing`` folds
+    into a constant.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().contiguous())  # (O, I)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())  # (O,)
+        self._onednn_weight: tuple[tuple[int, int], torch.Tensor] | None = None
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "Pointwise | None":
@@ -121,9 +161,34 @@ class Pointwise(nn.Module):
             return None
         return cls(conv.weight.reshape(conv.out_channels, conv.in_channels), conv.bias)
 
+    def onednn_applies(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` takes oneDNN's GEMM for ``x`` (B, H, W, C) (else ``F.linear``)."""
+        return (ONEDNN_LINEAR and not torch.jit.is_tracing() and x.device.type == "cpu"
+                and x.dtype == self.weight.dtype == torch.float32 and x.numel() > x.shape[-1]
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
+
+    def onednn_weight(self) -> torch.Tensor:
+        """:attr:`weight` in oneDNN's layout (cached while the weight is unchanged)."""
+        if torch.compiler.is_compiling():  # an op of the graph, which frozen weights fold into a constant
+            return torch.ops.mkldnn._reorder_linear_weight(self.weight)
+        weight = self.weight
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)  # inference tensors have no version
+        if self._onednn_weight is None or self._onednn_weight[0] != key:
+            self._onednn_weight = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
+        return self._onednn_weight[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias)  # (B, H, W, C) -> (B, H, W, O)
+        x = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C): a free view of a channels-last map
+        if self.onednn_applies(x):
+            y = torch.ops.mkldnn._linear_pointwise(x, self.onednn_weight(), self.bias, "none", [], "")
+        else:
+            y = F.linear(x, self.weight, self.bias)  # (B, H, W, O)
         return y.permute(0, 3, 1, 2)  # (B, O, H, W), channels-last
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_onednn_weight"] = None  # an opaque oneDNN tensor: no storage to copy or pickle
+        return state
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, bias={self.bias is not None}"

@@ -61,6 +61,35 @@ def _step_sizes(
     return F.softplus(delta) if delta_softplus else delta
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``F.softplus(x)`` (β = 1) from vectorised ops, out of place: for inference graphs that
+    compilers and exporters trace. Not for autograd (``where`` would pass a NaN gradient from the
+    branch it does not take).
+
+    ATen's CPU softplus, and inductor's C++ code for it, call a scalar ``log1p`` per element
+    (s6's step sizes at 2 threads: 1.3 ms a call in eager, 10 % of the forward; b2's first
+    stage compiled: 2.1 ms of its 2.6 ms SS2D kernel). This is the same function from ``exp``,
+    ``log`` and a division, which vectorise: ``softplus(x) = max(x, 0) + log1p(e^-|x|)``, with
+    ``log1p(t) = log(u)·t / (u - 1)`` for ``u = 1 + t`` (exact to a few ulps, Goldberg's trick;
+    ``t`` itself where u rounds to 1). Within 2e-7 relative of the float64 softplus on N(0, 3²)
+    inputs, as ATen's is, and ±inf and NaN map as in ``F.softplus`` (``tests/model/test_scan.py``).
+    """
+    t = torch.exp(-x.abs())  # e^-|x|, in (0, 1]
+    u = t + 1
+    d = u - 1
+    return torch.relu(x) + torch.where(d == 0, t, torch.log(u) * t / d)
+
+
+def softplus_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`softplus` computed in place in ``x`` (returned), for eager inference: 2.6x faster
+    than ``F.softplus`` on s6's step sizes at 2 threads."""
+    t = x.abs().neg_().exp_()  # e^-|x|, in (0, 1]
+    u = t + 1
+    d = u - 1
+    log1p = torch.where(d == 0, t, torch.log(u).mul_(t).div_(d))
+    return x.clamp_(min=0).add_(log1p)
+
+
 def selective_scan_ref(
     u: torch.Tensor,
     delta: torch.Tensor,

@@ -12,7 +12,7 @@ from torch import nn
 from mmlab.model.layers import ConvBN, LayerNorm2d, conv_like
 from mmlab.model.scan import (
     selective_scan_chunked, selective_scan_chunked_plain, selective_scan_fast, selective_scan_infer, selective_scan_ref,
-    selective_scan_triton, triton_scan_applies,
+    selective_scan_triton, softplus, softplus_, triton_scan_applies,
 )
 
 DIRECTIONS = {"forward": 1, "bidi": 2, "cross": 4}
@@ -282,11 +282,11 @@ class FusedSS2D(SS2D):
         dts, bs, cs = x_dbl.split([r, n, n], dim=-1)
         dt_proj, dt_bias = self.dt_proj.to(dtype).transpose(1, 2), self.dt_bias.to(dtype).reshape(k, 1, di)
         if not in_place:  # broadcast over any batch (an exported graph may get another batch size)
-            delta = F.softplus(torch.matmul(dts, dt_proj) + dt_bias)  # (B, K, L, Di)
+            delta = softplus(torch.matmul(dts, dt_proj) + dt_bias)  # (B, K, L, Di)
         else:
             if b > 1:
                 dt_proj, dt_bias = dt_proj.repeat(b, 1, 1), dt_bias.repeat(b, 1, 1)
-            delta = F.softplus(torch.baddbmm(dt_bias, dts.reshape(b * k, h * w, r), dt_proj))  # (B*K, L, Di)
+            delta = softplus_(torch.baddbmm(dt_bias, dts.reshape(b * k, h * w, r), dt_proj))  # (B*K, L, Di)
         A, D, _ = self.constants(dtype)
         scan = selective_scan_chunked if in_place else selective_scan_chunked_plain
         y = scan(xs, delta.reshape(xs.shape), A, bs.reshape(*chunks, n), cs.reshape(*chunks, n), D)

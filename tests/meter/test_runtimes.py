@@ -18,7 +18,7 @@ from mmlab.meter.measure import _timing_key, measure
 from mmlab.meter.onnx import export_spec, run_session, session
 from mmlab.meter.runtimes import RUNTIMES, OutputMismatch, check_outputs, check_runtime, compile_model, relative_error
 from mmlab.model import build, fuse
-from mmlab.model.layers import Pointwise
+from mmlab.model.layers import ONEDNN_LINEAR, Pointwise
 from mmlab.model.ssm import SS2D
 from mmlab.spec.presets import get_preset
 from mmlab.study.grid import GridSettings
@@ -79,11 +79,11 @@ def test_runtime_matches_eager_and_the_reference_scan(name, spec):
     torch.testing.assert_close(again, out)
 
 
-@pytest.mark.skipif(not torch._C.has_mkl, reason="inductor packs float32 GEMM weights only with MKL")
+@pytest.mark.skipif(not ONEDNN_LINEAR, reason="Pointwise reorders weights for oneDNN only where torch has it")
 def test_compile_on_cpu_freezes_and_packs_the_weights():
-    """The CPU compile runtime freezes the weights (constants in its graph), so inductor packs every
-    1x1 conv's GEMM weight once: zeroing the compiled module's ``Pointwise`` weights afterwards leaves
-    its output unchanged. (Fails where ``freezing`` is passed as ``torch.compile(options=...)``:
+    """The CPU compile runtime freezes the weights (constants in its graph), so inductor folds every
+    1x1 conv's reorder into oneDNN's layout once: zeroing the compiled module's ``Pointwise`` weights
+    afterwards leaves its output unchanged. (Fails where ``freezing`` is passed as ``torch.compile(options=...)``:
     torch 2.14 then keeps the weights as graph inputs, and the zeroed network answers differently.)"""
     model = deploy_model(TINY)
     x = torch.randn(1, TINY.in_chans, TINY.resolution, TINY.resolution)

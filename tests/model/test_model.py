@@ -1,10 +1,14 @@
+import copy
+import pickle
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
-from mmlab.model.layers import ConvBN, Pointwise, Residual, TapConv, swap_convs
+from mmlab.model.layers import ONEDNN_LINEAR, ConvBN, Pointwise, Residual, TapConv, swap_convs
 from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import randomise_bn, read_tsv
@@ -212,6 +216,55 @@ def test_pointwise_equals_the_1x1_conv_it_replaces():
     for other in (torch.nn.Conv2d(12, 20, 3, padding=1), torch.nn.Conv2d(12, 20, 1, stride=2),
                   torch.nn.Conv2d(12, 12, 1, groups=12), torch.nn.Conv2d(12, 20, 1, padding=1)):
         assert Pointwise.from_conv(other) is None
+
+
+@pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
+def test_pointwise_takes_onednn_in_inference_and_f_linear_otherwise(monkeypatch):
+    """oneDNN's GEMM (in inference, more than one row) against ``F.linear``, the oracle; autograd,
+    single rows and exporters' tracing take ``F.linear`` itself."""
+    torch.manual_seed(6)
+    layer = Pointwise.from_conv(torch.nn.Conv2d(48, 96, 1))
+    x = torch.randn(1, 48, 6, 6).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.inference_mode():
+        out = layer(x)
+        oracle = F.linear(x.permute(0, 2, 3, 1), layer.weight, layer.bias).permute(0, 3, 1, 2)
+        torch.testing.assert_close(out, oracle, rtol=1e-5, atol=1e-5)
+        assert calls == [(1, 6, 6, 48)]
+        layer(torch.randn(1, 48, 1, 1))  # one row: MKL's matrix-vector product
+        assert len(calls) == 1
+    out = layer(x)  # grad mode, a weight that wants a gradient: autograd through F.linear
+    out.sum().backward()
+    assert len(calls) == 1 and layer.weight.grad is not None
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x, check_trace=False)  # what the ONNX exporter does
+    assert len(calls) == 1 and "mkldnn" not in str(traced.graph) and "linear" in str(traced.graph)
+
+
+@pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
+def test_pointwise_reorders_its_weight_again_when_it_changes():
+    """The oneDNN-layout weight is a cache: an in-place change or a new weight is seen, and copies
+    and pickles (which cannot hold oneDNN's opaque tensors) start without it."""
+    torch.manual_seed(8)
+    layer = Pointwise.from_conv(torch.nn.Conv2d(16, 24, 1))
+    x = torch.randn(2, 16, 5, 5)
+    with torch.inference_mode():
+        before = layer(x)
+    assert layer._onednn_weight is not None
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    with torch.inference_mode():
+        bias = layer.bias.reshape(1, -1, 1, 1)
+        torch.testing.assert_close(layer(x) - bias, 2 * (before - bias), rtol=1e-5, atol=1e-5)
+        layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
+        torch.testing.assert_close(layer(x), bias.expand_as(before))
+        copied = copy.deepcopy(layer)
+        restored = pickle.loads(pickle.dumps(layer))
+    assert copied._onednn_weight is None and restored._onednn_weight is None
+    with torch.inference_mode():
+        torch.testing.assert_close(restored(x), layer(x))
 
 
 def test_swap_convs_replaces_nested_convs():
