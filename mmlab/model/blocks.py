@@ -11,7 +11,7 @@ from torch import nn
 
 from mmlab.model.layers import FFN, ConvBN, Residual, conv_like, fold_bn
 from mmlab.model.ssm import SS2D
-from mmlab.model.wavelet import fold_haar_level, haar_level, wavelet_filters, wavelet_path
+from mmlab.model.wavelet import fold_haar_level, haar_level, haar_level_taps, wavelet_filters, wavelet_path
 
 
 class ChannelScale(nn.Module):
@@ -72,10 +72,13 @@ class FusedGlobalBranch(nn.Module):
     stride-2 conv and a pixel shuffle (:func:`~mmlab.model.wavelet.fold_haar_level`); other
     transforms keep the level-by-level path.
 
-    ``wavelet_impl``: ``folded`` (the one grouped conv, where it applies) or ``levels`` (the
-    level-by-level path: analysis conv, depthwise sub-band conv, synthesis conv). The folded conv
-    does 4·k² multiply-adds per output against the sub-band conv's k²: fewer ops on CPU, but on
-    CUDA cuDNN runs it as a slow grouped kernel (b2 at batch 256 on an H100: 16 % of the forward).
+    ``wavelet_impl``: ``folded`` (the one grouped conv, where it applies), ``levels`` (the
+    level-by-level path: analysis conv, depthwise sub-band conv, synthesis conv) or, for the
+    folded level, ``taps`` (the level path in element-wise ops, which compilers fuse:
+    :func:`~mmlab.model.wavelet.haar_level_taps`, what the CPU ``compile`` runtime traces). The
+    folded conv does 4·k² multiply-adds per output against the sub-band conv's k²: fewer ops on
+    CPU, but on CUDA cuDNN runs it as a slow grouped kernel (b2 at batch 256 on an H100: 16 % of
+    the forward).
     """
 
     def __init__(self, trained: GlobalBranch) -> None:
@@ -122,6 +125,8 @@ class FusedGlobalBranch(nn.Module):
             return y
         if self.folded_level and self.wavelet_impl == "folded":
             return y + haar_level(x, self.wavelet_conv.weight)
+        if self.folded_level and self.wavelet_impl == "taps":
+            return y + haar_level_taps(x, self.wt_filter, self.band_weight, self.iwt_filter)
         convs = [self._band_conv] if self.folded_level else self.wavelet_convs
         return y + wavelet_path(x, self.wt_filter, self.iwt_filter, convs)
 

@@ -194,6 +194,28 @@ class Pointwise(nn.Module):
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, bias={self.bias is not None}"
 
 
+def depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, groups=C)`` for a depthwise ``weight``
+    (O, 1, kh, kw), O a multiple of C, as the sum over its taps ``Σ_ij w[:, i, j] · shifted x``
+    (:class:`TapConv`: what compilers fuse with their neighbours)."""
+    b, c, h, w = x.shape
+    out_ch, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if out_ch != c:  # channel multiplier m: output channel o reads input channel o // m
+        x = x.repeat_interleave(out_ch // c, dim=1)
+    x = F.pad(x, (pw, pw, ph, ph))  # (B, O, H + 2ph, W + 2pw)
+    taps = weight.reshape(out_ch, kh * kw)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            shifted = x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]  # (B, O, Ho, Wo)
+            term = shifted * taps[:, i * kw + j].reshape(1, out_ch, 1, 1)
+            y = term if y is None else y + term
+    return y if bias is None else y + bias.reshape(1, out_ch, 1, 1)
+
+
 class TapConv(nn.Module):
     """A depthwise conv written as a sum over its kernel taps: ``Σ_ij w[:, i, j] · shifted x``.
 
@@ -222,21 +244,7 @@ class TapConv(nn.Module):
         return cls(conv.weight, conv.bias, conv.stride, conv.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        out_ch, _, kh, kw = self.weight.shape
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if out_ch != c:  # channel multiplier m: output channel o reads input channel o // m
-            x = x.repeat_interleave(out_ch // c, dim=1)
-        x = F.pad(x, (pw, pw, ph, ph))  # (B, O, H + 2ph, W + 2pw)
-        taps = self.weight.reshape(out_ch, kh * kw)
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                shifted = x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]  # (B, O, Ho, Wo)
-                term = shifted * taps[:, i * kw + j].reshape(1, out_ch, 1, 1)
-                y = term if y is None else y + term
-        return y if self.bias is None else y + self.bias.reshape(1, out_ch, 1, 1)
+        return depthwise_taps(x, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, stride={self.stride}, padding={self.padding}"

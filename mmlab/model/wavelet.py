@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmlab.model.layers import depthwise_taps
+
 
 def wavelet_filters(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Separable 2-D analysis and synthesis filters of a discrete PyWavelets wavelet.
@@ -144,4 +146,36 @@ def haar_level(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, w % 2, 0, h % 2))
     y = F.conv2d(F.pixel_unshuffle(x, 2), weight, padding=weight.shape[-1] // 2, groups=x.shape[1])
     y = F.pixel_shuffle(y, 2)
+    return y[:, :, :h, :w] if odd else y
+
+
+def haar_level_taps(x: torch.Tensor, dec: torch.Tensor, band_weight: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    """The one-level path of :func:`wavelet_path` with 2×2 filters, in element-wise ops only: for
+    compilers (as :class:`~mmlab.model.layers.TapConv`), which fuse them, where each conv would be
+    an opaque oneDNN call with a set-up floor.
+
+    The analysis is a 4×4 mix of each channel's 2×2 sub-pixels (``pixel_unshuffle``), the sub-band
+    conv a depthwise tap sum, the synthesis the inverse mix and ``pixel_shuffle``: k² + 32
+    multiply-adds per 2×2 block and channel against the folded conv's 16·k² (:func:`haar_level`).
+
+    Args:
+        x: (B, C, H, W), any H, W (odd sizes zero-padded at the bottom / right, then cropped).
+        dec, rec: (4C, 1, 2, 2) analysis and synthesis filters repeated per channel.
+        band_weight: (4C, 1, k, k) the sub-band conv, its scale folded in, k odd.
+
+    Returns:
+        (B, C, H, W).
+    """
+    h, w = x.shape[-2:]
+    odd = h % 2 or w % 2
+    if odd:
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+    b, c = x.shape[:2]
+    hh, hw = x.shape[2] // 2, x.shape[3] // 2
+    sub = F.pixel_unshuffle(x, 2).reshape(b, c, 1, 4, hh, hw)  # sub-pixel (p, q) at 2p + q
+    bands = (dec.reshape(1, c, 4, 4, 1, 1) * sub).sum(3)  # (B, C, 4 bands, h/2, w/2)
+    k = band_weight.shape[-1]
+    filtered = depthwise_taps(bands.reshape(b, 4 * c, hh, hw), band_weight, padding=(k // 2, k // 2))
+    mixed = (rec.reshape(1, c, 4, 4, 1, 1) * filtered.reshape(b, c, 4, 1, hh, hw)).sum(2)  # (B, C, 4 sub-pixels, ...)
+    y = F.pixel_shuffle(mixed.reshape(b, 4 * c, hh, hw), 2)
     return y[:, :, :h, :w] if odd else y

@@ -9,7 +9,7 @@ import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
 from mmlab.model.layers import ONEDNN_LINEAR, ConvBN, Pointwise, Residual, TapConv, swap_convs
-from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, idwt, wavelet_filters
+from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, haar_level_taps, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import randomise_bn, read_tsv
 
@@ -356,9 +356,12 @@ def test_folded_haar_level_equals_the_wavelet_path(kernel, side):
                              branch.iwt_filter)
     assert weight.shape == (32, 4, kernel, kernel)
     x = torch.randn(2, 8, *side)
+    band_weight = branch.wavelet_convs[0].weight * branch.wavelet_scale[0].weight.reshape(-1, 1, 1, 1)
     with torch.no_grad():
         ref = branch.wavelet_path(x)
         assert ((haar_level(x, weight) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+        taps = haar_level_taps(x, branch.wt_filter, band_weight, branch.iwt_filter)  # the compilers' form
+        assert ((taps - ref).abs().max() / ref.abs().max()).item() < 1e-5
 
 
 def test_fold_haar_level_rejects_longer_filters():
@@ -382,8 +385,9 @@ def test_fused_global_branch(levels, wavelet, folded):
         ref = branch(x)
         assert ((fused(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
         if folded:  # the level path, kept for devices where the grouped conv is slow, agrees
-            fused.wavelet_impl = "levels"
-            assert ((fused(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+            for impl in ("levels", "taps"):
+                fused.wavelet_impl = impl
+                assert ((fused(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5, impl
             # and its tensors are not in the state dict: the folded conv stands for them
             assert not {"wt_filter", "iwt_filter", "band_weight"} & set(fused.state_dict())
 
