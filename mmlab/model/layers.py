@@ -147,10 +147,11 @@ class Pointwise(nn.Module):
     into a constant.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().contiguous())  # (O, I)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())  # (O,)
+        self.relu = relu  # a ReLU after the product, as oneDNN's post-op (fold_relus)
         self._onednn_weight: tuple[tuple[int, int], torch.Tensor] | None = None
 
     @classmethod
@@ -180,9 +181,11 @@ class Pointwise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C): a free view of a channels-last map
         if self.onednn_applies(x):
-            y = torch.ops.mkldnn._linear_pointwise(x, self.onednn_weight(), self.bias, "none", [], "")
+            post_op, scalars = ("relu", [None]) if self.relu else ("none", [])
+            y = torch.ops.mkldnn._linear_pointwise(x, self.onednn_weight(), self.bias, post_op, scalars, "")
         else:
             y = F.linear(x, self.weight, self.bias)  # (B, H, W, O)
+            y = torch.relu(y) if self.relu else y
         return y.permute(0, 3, 1, 2)  # (B, O, H, W), channels-last
 
     def __getstate__(self) -> dict:
@@ -191,7 +194,7 @@ class Pointwise(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, bias={self.bias is not None}"
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, bias={self.bias is not None}, relu={self.relu}"
 
 
 def depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -337,11 +340,31 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)  # -> (B, C, H, W)
 
 
+RELU_AFTER_POINTWISE = {FFN: (("pw1", "act"),), PatchMerging: (("conv1", "act1"),)}
+"""Per module type, the (1x1 conv, ReLU) child pairs where the ReLU directly follows the conv."""
+
+
+def fold_relus(model: nn.Module) -> int:
+    """Make each ReLU that directly follows a :class:`Pointwise` (FFN ``pw1`` → ``act``,
+    PatchMerging ``conv1`` → ``act1``) that product's post-op, in place; the ReLU module becomes
+    ``nn.Identity``. Returns how many were folded. (oneDNN applies it while writing the product:
+    one pass over the map less.)"""
+    folded = 0
+    for module in model.modules():
+        for first, act in RELU_AFTER_POINTWISE.get(type(module), ()):
+            layer = getattr(module, first)
+            if isinstance(layer, Pointwise) and isinstance(getattr(module, act), nn.ReLU):
+                layer.relu = True
+                setattr(module, act, nn.Identity())
+                folded += 1
+    return folded
+
+
 def fuse(model: nn.Module, inplace: bool = False, device: str = "cpu") -> nn.Module:
     """Deploy form: fold every BatchNorm into its neighbouring conv / linear, laid out for ``device``.
 
-    ``cpu``: every dense 1x1 conv becomes a :class:`Pointwise` matrix product and every other conv
-    gets channels-last weights, so activations stay channels-last from the stem on (oneDNN's fast
+    ``cpu``: every dense 1x1 conv becomes a :class:`Pointwise` matrix product (with the ReLU that
+    follows it as a post-op, :func:`fold_relus`) and every other conv gets channels-last weights, so activations stay channels-last from the stem on (oneDNN's fast
     kernels). ``cuda``: the convs stay NCHW ``Conv2d`` for cuDNN. There a 1x1 conv runs in TF32
     under PyTorch's default settings, as it does in the authors' network, while a ``Pointwise``
     GEMM (cuBLAS, matmul TF32 off by default) runs in full fp32: on an H100 at batch 256 the CPU
@@ -367,6 +390,7 @@ def fuse(model: nn.Module, inplace: bool = False, device: str = "cpu") -> nn.Mod
     if device == "cpu":
         with torch.no_grad():
             swap_convs(model, Pointwise.from_conv)
+            fold_relus(model)
             for m in model.modules():
                 if isinstance(m, nn.Conv2d):
                     # Channels-last weights make CPU convs take oneDNN's channels-last kernels (and

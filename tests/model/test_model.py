@@ -8,7 +8,9 @@ import torch.nn.functional as F
 import mmlab
 from mmlab.spec.arch import ArchSpec, StageSpec
 from mmlab.model.blocks import ChannelScale, FusedGlobalBranch, FusedLocalBranch, GlobalBranch, LocalBranch
-from mmlab.model.layers import ONEDNN_LINEAR, ConvBN, Pointwise, Residual, TapConv, swap_convs
+from mmlab.model.layers import (
+    FFN, ONEDNN_LINEAR, ConvBN, PatchMerging, Pointwise, Residual, TapConv, fold_relus, swap_convs,
+)
 from mmlab.model.wavelet import dwt, fold_haar_level, haar_level, haar_level_taps, idwt, wavelet_filters
 from mmlab.spec.presets import PAPER_PRESETS, PRESETS, get_preset
 from tests.conftest import randomise_bn, read_tsv
@@ -241,6 +243,28 @@ def test_pointwise_takes_onednn_in_inference_and_f_linear_otherwise(monkeypatch)
     with torch.no_grad():
         traced = torch.jit.trace(layer, x, check_trace=False)  # what the ONNX exporter does
     assert len(calls) == 1 and "mkldnn" not in str(traced.graph) and "linear" in str(traced.graph)
+
+
+def test_fold_relus_makes_the_relu_after_a_pointwise_its_post_op():
+    torch.manual_seed(9)
+    conv = torch.nn.Conv2d(12, 20, 1)
+    relu_layer = Pointwise.from_conv(conv)
+    relu_layer.relu = True
+    x = torch.randn(2, 12, 5, 7)
+    with torch.inference_mode():  # oneDNN's post-op
+        torch.testing.assert_close(relu_layer(x), torch.relu(conv(x)), rtol=1e-5, atol=1e-6)
+    out = relu_layer(x.requires_grad_())  # autograd: F.linear, then the ReLU
+    torch.testing.assert_close(out, torch.relu(conv(x)), rtol=1e-5, atol=1e-6)
+    assert out.grad_fn is not None and bool((out == 0).any())
+    fused = mmlab.fuse(mmlab.build(TINY).eval())
+    ffns = [m for m in fused.modules() if isinstance(m, FFN)]
+    merges = [m for m in fused.modules() if isinstance(m, PatchMerging)]
+    assert ffns and merges
+    assert all(m.pw1.relu and isinstance(m.act, torch.nn.Identity) for m in ffns)
+    assert all(m.conv1.relu and isinstance(m.act1, torch.nn.Identity) and isinstance(m.act2, torch.nn.ReLU) for m in merges)
+    assert not any(m.relu for m in fused.modules() if isinstance(m, Pointwise) and m not in
+                   {*(f.pw1 for f in ffns), *(p.conv1 for p in merges)})
+    assert fold_relus(fused) == 0  # nothing left to fold
 
 
 @pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
