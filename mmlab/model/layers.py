@@ -364,9 +364,10 @@ def fuse(model: nn.Module, inplace: bool = False, device: str = "cpu") -> nn.Mod
     """Deploy form: fold every BatchNorm into its neighbouring conv / linear, laid out for ``device``.
 
     ``cpu``: every dense 1x1 conv becomes a :class:`Pointwise` matrix product (with the ReLU that
-    follows it as a post-op, :func:`fold_relus`) and every other conv gets channels-last weights, so activations stay channels-last from the stem on (oneDNN's fast
-    kernels). ``cuda``: the convs stay NCHW ``Conv2d`` for cuDNN. There a 1x1 conv runs in TF32
-    under PyTorch's default settings, as it does in the authors' network, while a ``Pointwise``
+    follows it as a post-op, :func:`fold_relus`) and every other conv gets channels-last weights,
+    so activations stay channels-last from the stem on (oneDNN's fast kernels). ``cuda``: the
+    convs stay NCHW ``Conv2d`` for cuDNN. There a 1x1 conv runs in TF32 under PyTorch's default
+    settings, as it does in the authors' network, while a ``Pointwise``
     GEMM (cuBLAS, matmul TF32 off by default) runs in full fp32: on an H100 at batch 256 the CPU
     layout gave 0.74-0.86x the throughput (results/gpu_h100_layouts.md). Modules with a
     ``deploy_for(device)`` method pick their path too (the wavelet level, :class:`FusedGlobalBranch`).
