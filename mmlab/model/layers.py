@@ -147,11 +147,11 @@ class Pointwise(nn.Module):
     into a constant.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().contiguous())  # (O, I)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())  # (O,)
-        self.relu = relu  # a ReLU after the product, as oneDNN's post-op (fold_relus)
+        self.relu = False  # a ReLU after the product, as oneDNN's post-op: set by fold_relus
         self._onednn_weight: tuple[tuple[int, int], torch.Tensor] | None = None
 
     @classmethod
